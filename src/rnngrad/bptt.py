@@ -1,0 +1,212 @@
+"""Backpropagation through time: seed §3, as vector-Jacobian products.
+
+Row convention: a hidden state is a row h_t (B, H), so the seed's column-vector
+product W_h^T v appears here as ``v @ W_h``. With dz_t = dL/dz_t and
+da_t = dL/da_t:
+
+    da_t    = J_g(a_t)^T dL_t/dy_hat_t      (fused to y_hat - y for canonical pairs)   §3A
+    dW_y    = sum_t da_t^T h_t              one (O, T·B) @ (T·B, H) product             §3A.1
+    db_y    = sum_t da_t                                                                §3A.2
+    dh_t    = da_t W_y  +  dz_{t+1} W_h     direct + recursive                          §3B
+    dz_t    = f'(z_t) * dh_t                element-wise (seed §4)
+    dW_x    = sum_t dz_t^T x_t              one product (a scatter-add for token inputs) §3C.3
+    dW_h    = sum_t dz_t^T h_{t-1}          one product                                 §3C.4
+    db_h    = sum_t dz_t                                                                §3C.5
+    dx_t    = dz_t W_x,   dh_0 = dz_1 W_h
+
+The seed's §3A writes dy_hat_t/dW_y = h_t^T, dropping g'(a_t); the general chain rule
+keeps it (J_g above), and for softmax J_g is the full (O, O) Jacobian, applied as a
+VJP without being formed. Everything that does not depend on the recurrence is done
+for all T·B rows at once; the time loop holds only ``dh_t += dz_{t+1} W_h`` and
+``dz_t = f'(z_t) * dh_t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import numpy as np
+
+from .activations import Activation
+from .losses import Loss, fused_path
+
+if TYPE_CHECKING:  # model.py imports this module
+    from .model import Forward
+
+__all__ = ["Gradients", "backward", "output_backward", "output_loss", "loss_weights", "OPTIONAL_GRADS"]
+
+OPTIONAL_GRADS = ("x", "h0", "y_hat")
+
+
+@dataclass
+class Gradients:
+    """Result of :meth:`rnngrad.RNN.gradients`.
+
+    Attributes
+    ----------
+    loss : float
+        L (seed §2C), reduced as asked.
+    grads : dict
+        "W_x" (H, D), "W_h" (H, H), "b_h" (H,), "W_y" (O, H), "b_y" (O,): dL/dparameter;
+        "h" (T, B, H): total dL/dh_t (direct + recursive, seed §3B);
+        "y_hat" (T, B, O): dL/dy_hat_t; "x" (T, B, D): dL/dx_t (float inputs only);
+        "h0" (B, H): dL/dh_0.
+    h_last : (B, H)
+        The final hidden state h_T, the h0 of the next chunk in truncated BPTT.
+    forward : Forward
+        The forward cache (h, a, y_hat, ...).
+    """
+
+    loss: float
+    grads: dict
+    h_last: np.ndarray
+    forward: "Forward"
+
+
+def loss_weights(mask: np.ndarray | None, reduction: str, T: int, B: int, dtype) -> np.ndarray | None:
+    """Per-row weights m_tb of L = sum m_tb L_t, flattened to (T·B,); None means all ones."""
+    if mask is None and reduction == "sum":
+        return None
+    w = np.ones(T * B, dtype=dtype) if mask is None else mask.reshape(-1).astype(dtype)
+    if reduction == "mean":
+        count = int(np.count_nonzero(w))
+        if count == 0:
+            raise ValueError("reduction='mean' needs at least one unmasked (t, b); mask is all zeros")
+        w /= count
+    return w
+
+
+def _weighted_sum(rows: np.ndarray, w: np.ndarray | None) -> float:
+    if w is None:
+        return float(rows.sum())
+    # A masked row may hold inf (log 0 of a padded position); 0 · inf must not become NaN.
+    return float(np.dot(w, np.where(w != 0, rows, 0)))
+
+
+def output_loss(cache: "Forward", y: np.ndarray, w: np.ndarray | None, g: Activation, loss: Loss) -> float:
+    """L alone, from the forward cache; targets as rows (see :func:`rnngrad.validation.check_targets`)."""
+    N = cache.a.shape[0] * cache.a.shape[1]
+    a = cache.a.reshape(N, -1)
+    y_hat = cache.y_hat.reshape(N, -1)
+    fused = fused_path(g, loss)
+    rows = fused(a, y_hat, y, False)[0] if fused else loss.value(y_hat, y)
+    return _weighted_sum(rows, w)
+
+
+def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarray | None,
+                    g: Activation, loss: Loss, want_dy_hat: bool = True):
+    """Loss and gradients at the output layer for all N = T·B rows at once.
+
+    Parameters
+    ----------
+    a, y_hat : (N, O) logits and outputs
+    y : (N,) class indices or (N, O) targets
+    w : (N,) row weights, or None for all ones
+
+    Returns
+    -------
+    (L, dL/da (N, O), dL/dy_hat (N, O) or None)
+    """
+    fused = fused_path(g, loss)
+    if fused is not None:
+        rows, da, dy_hat = fused(a, y_hat, y, want_dy_hat)
+        if w is not None:
+            da *= w[:, None]
+            if dy_hat is not None:
+                dy_hat = np.where(w[:, None] != 0, dy_hat * w[:, None], 0)
+        return _weighted_sum(rows, w), da, dy_hat
+    # General chain rule: dL/da = J_g(a)^T dL/dy_hat.
+    rows = loss.value(y_hat, y)
+    dy_hat = np.asarray(loss.grad(y_hat, y), dtype=y_hat.dtype)
+    if w is not None:
+        dy_hat = np.where(w[:, None] != 0, dy_hat * w[:, None], 0)
+    da = g.vjp(dy_hat, a, y_hat)
+    return _weighted_sum(rows, w), da, (dy_hat if want_dy_hat else None)
+
+
+def _fresh(arr, like: np.ndarray) -> np.ndarray:
+    """``arr`` as a writable C-contiguous array of like's shape and dtype, not sharing like's memory."""
+    arr = np.asarray(arr, dtype=like.dtype)
+    if (arr.shape != like.shape or not arr.flags.writeable or not arr.flags.c_contiguous
+            or np.may_share_memory(arr, like)):
+        arr = np.array(np.broadcast_to(arr, like.shape), dtype=like.dtype)
+    return arr
+
+
+def input_weight_grad(x: np.ndarray, dz: np.ndarray, D: int) -> np.ndarray:
+    """dW_x = sum_t dz_t^T x_t, (H, D), for dz (N, H) and x (N, D) floats or (N,) token indices.
+
+    For tokens x_t is one-hot, so column k of dW_x is the sum of dz over the rows whose
+    token is k: a sort, then one segmented sum (np.add.at would loop per row).
+    """
+    if x.ndim == 2:
+        return np.dot(dz.T, x)
+    H = dz.shape[1]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+    dW_xT = np.zeros((D, H), dtype=dz.dtype)
+    dW_xT[xs[starts]] = np.add.reduceat(dz[order], starts, axis=0)
+    return np.ascontiguousarray(dW_xT.T)
+
+
+def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, w: np.ndarray | None,
+             f: Activation, g: Activation, loss: Loss, need: Iterable[str] | None = None) -> Gradients:
+    """Every gradient of seed §1 from the forward cache (see the module docstring).
+
+    Parameters
+    ----------
+    params : dict of W_x (H, D), W_h (H, H), b_h (H,), W_y (O, H), b_y (O,)
+    cache : Forward from :func:`rnngrad.model.forward` with the same params
+    y : (N,) class indices or (N, O) targets, N = T·B, row t·B + b
+    w : (N,) loss weights or None (see :func:`loss_weights`)
+    need : names from OPTIONAL_GRADS to compute; None for all
+    """
+    need = set(OPTIONAL_GRADS if need is None else need)
+    unknown = need - set(OPTIONAL_GRADS)
+    if unknown:
+        raise ValueError(f"need may name only {list(OPTIONAL_GRADS)}; got {sorted(unknown)}")
+    W_x, W_h, W_y = params["W_x"], params["W_h"], params["W_y"]
+    x, h0, h = cache.x, cache.h0, cache.h
+    T, B, H = h.shape
+    N = T * B
+    h_rows = h.reshape(N, H)
+
+    # §3A: output layer over all rows at once.
+    L, da, dy_hat = output_backward(cache.a.reshape(N, -1), cache.y_hat.reshape(N, -1), y, w,
+                                    g, loss, want_dy_hat="y_hat" in need)
+    dW_y = np.dot(da.T, h_rows)
+    db_y = da.sum(axis=0)
+
+    # §3B: dh starts as the direct term da_t W_y and gains the recursive term in the loop;
+    # dz starts as f'(z_t) for every t (one vectorised call) and is scaled by dh_t in place.
+    dh = np.dot(da, W_y).reshape(T, B, H)
+    dz = _fresh(f.derivative(cache.z, h), h)
+    rec = np.empty((B, H), dtype=h.dtype)
+    dz[T - 1] *= dh[T - 1]
+    for t in range(T - 2, -1, -1):
+        np.dot(dz[t + 1], W_h, out=rec)
+        dh[t] += rec
+        dz[t] *= dh[t]
+
+    # §3C: parameter gradients as single products over all steps.
+    dz_rows = dz.reshape(N, H)
+    dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
+    dW_h += np.dot(dz[0].T, h0)
+    x_rows = x.reshape(N, -1) if x.ndim == 3 else x.reshape(N)
+    grads = {
+        "W_y": dW_y,
+        "b_y": db_y,
+        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1]),
+        "W_h": dW_h,
+        "b_h": dz_rows.sum(axis=0),
+        "h": dh,
+    }
+    if "y_hat" in need:
+        grads["y_hat"] = dy_hat.reshape(T, B, -1)
+    if "x" in need and x.ndim == 3:
+        grads["x"] = np.dot(dz_rows, W_x).reshape(T, B, -1)
+    if "h0" in need:
+        grads["h0"] = np.dot(dz[0], W_h)
+    return Gradients(loss=L, grads=grads, h_last=h[-1].copy(), forward=cache)

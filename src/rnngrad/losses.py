@@ -1,0 +1,229 @@
+"""Per-step losses L_t(y_hat_t, y_t): value beside gradient dL_t/dy_hat_t (seed §2C, §3A).
+
+Every function here works on rows: ``y_hat`` and logits ``a`` are (N, O) with
+N = T·B, targets ``y`` are (N, O) floats or, for categorical cross-entropy, (N,)
+integer class indices. Each returns per-row values (N,), so that masking and the
+"mean" reduction are one weighted sum in :mod:`rnngrad.bptt`.
+
+The seed writes dL_t/dy_hat_t = y_hat_t - y_t for cross-entropy. That is not the
+gradient with respect to y_hat (which is -y / y_hat); it is the gradient with
+respect to the *logits* a_t for the canonical pairs, where the Jacobian of g and
+the gradient of L cancel:
+
+=========================  ====================================  ====================
+pair (g, L)                L_t per row                           dL_t/da_t (fused)
+=========================  ====================================  ====================
+softmax, cross_entropy     logsumexp(a) - sum_k y_k a_k           y_hat·sum(y) - y
+sigmoid, cross_entropy     sum_k softplus(a_k) - y_k a_k          y_hat - y
+identity, mse              sum_k (a_k - y_k)^2                    2 (y_hat - y)
+=========================  ====================================  ====================
+
+:func:`fused_path` returns these as fast, stable paths; they are computed from the
+logits, so a logit of ±1000 gives a finite loss and gradient where log(y_hat)
+would be log(0). Every other pair takes the general chain rule in
+:func:`rnngrad.bptt.output_backward`: dL/da = J_g(a)^T dL/dy_hat. The tests prove
+that the fused and general paths agree.
+
+Writing your own loss: subclass :class:`Loss`, implement ``value`` and ``grad``
+(both per row, as below) and set ``target`` to "real" (any finite target, shape
+(T, B, O)) or "unit_interval" (values in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .activations import Activation, Identity, Sigmoid, Softmax, log_sigmoid
+
+__all__ = [
+    "Loss",
+    "CrossEntropy",
+    "BinaryCrossEntropy",
+    "MSE",
+    "LOSSES",
+    "resolve_loss",
+    "fused_path",
+]
+
+
+class Loss:
+    """Base class of per-step losses.
+
+    Attributes
+    ----------
+    name : str
+    needs_probabilities : bool
+        True if y_hat must be probabilities (output activation with
+        ``probabilities = True``); cross-entropy on an identity output is refused.
+    target : str
+        What targets it takes: "index_or_distribution" ((T, B) class indices or
+        (T, B, O) rows on the simplex), "unit_interval" ((T, B, O) in [0, 1]) or
+        "real" ((T, B, O), any finite value).
+    """
+
+    name: str = "loss"
+    needs_probabilities: bool = False
+    target: str = "real"
+
+    def value(self, y_hat: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-row loss, shape (N,), from y_hat (N, O) and targets."""
+        raise NotImplementedError
+
+    def grad(self, y_hat: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-row gradient dL_t/dy_hat_t, shape (N, O)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CrossEntropy(Loss):
+    """Categorical cross-entropy, L_t = -sum_k y_k log y_hat_k.
+
+    y: (N,) integer class indices, or (N, O) probability rows.
+    dL_t/dy_hat_k = -y_k / y_hat_k.
+    """
+
+    name = "cross_entropy"
+    needs_probabilities = True
+    target = "index_or_distribution"
+
+    def value(self, y_hat, y):
+        with np.errstate(divide="ignore"):
+            if y.ndim == 1:
+                return -np.log(np.take_along_axis(y_hat, y[:, None], axis=1)[:, 0])
+            # 0 · log 0 counts as 0, as in the limit.
+            logs = np.where(y != 0, np.log(np.where(y != 0, y_hat, 1)), 0)
+        return -np.einsum("nk,nk->n", y, logs)
+
+    def grad(self, y_hat, y):
+        with np.errstate(divide="ignore"):
+            if y.ndim == 1:
+                g = np.zeros_like(y_hat)
+                rows = np.arange(len(y))
+                g[rows, y] = -1 / y_hat[rows, y]
+                return g
+            return np.where(y != 0, -y / np.where(y != 0, y_hat, 1), 0)
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy per unit, L_t = -sum_k [y_k log y_hat_k + (1-y_k) log(1-y_hat_k)].
+
+    y: (N, O) in [0, 1]. dL_t/dy_hat_k = -y_k / y_hat_k + (1 - y_k) / (1 - y_hat_k).
+    ``loss="cross_entropy"`` with a sigmoid output means this loss.
+    """
+
+    name = "binary_cross_entropy"
+    needs_probabilities = True
+    target = "unit_interval"
+
+    def value(self, y_hat, y):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = np.where(y != 0, y * np.log(np.where(y != 0, y_hat, 1)), 0)
+            neg = np.where(y != 1, (1 - y) * np.log1p(-np.where(y != 1, y_hat, 0)), 0)
+        return -(pos + neg).sum(axis=1)
+
+    def grad(self, y_hat, y):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = np.where(y != 0, y / np.where(y != 0, y_hat, 1), 0)
+            neg = np.where(y != 1, (1 - y) / (1 - np.where(y != 1, y_hat, 0)), 0)
+        return neg - pos
+
+
+class MSE(Loss):
+    """Squared error summed over units, L_t = sum_k (y_hat_k - y_k)^2; dL_t/dy_hat = 2 (y_hat - y).
+
+    The seed's form; no 1/O factor (divide by O yourself, or use reduction="mean"
+    to average over time steps and sequences).
+    """
+
+    name = "mse"
+    target = "real"
+
+    def value(self, y_hat, y):
+        d = y_hat - y
+        return np.einsum("nk,nk->n", d, d)
+
+    def grad(self, y_hat, y):
+        return 2 * (y_hat - y)
+
+
+LOSSES = {cls.name: cls for cls in (CrossEntropy, BinaryCrossEntropy, MSE)}
+
+
+def resolve_loss(name: str, output_activation: Activation) -> Loss:
+    """The loss object for a name; "cross_entropy" on a sigmoid output is binary."""
+    if name == "cross_entropy" and type(output_activation) is Sigmoid:
+        return BinaryCrossEntropy()
+    return LOSSES[name]()
+
+
+# --- fused paths for the canonical pairs -------------------------------------------
+# Each takes logits a (N, O), y_hat = g(a) (N, O) and targets, and returns
+# (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
+
+
+def _softmax_cross_entropy(a, y_hat, y, want_dy_hat):
+    m = a.max(axis=1)
+    lse = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+    if y.ndim == 1:
+        rows = np.arange(len(y))
+        a_y = a[rows, y]
+        loss = lse - a_y
+        da = y_hat.copy()
+        da[rows, y] -= 1
+        dy_hat = None
+        if want_dy_hat:
+            # -1 / y_hat_y = -exp(lse - a_y), exact where y_hat_y underflows to 0.
+            dy_hat = np.zeros_like(y_hat)
+            with np.errstate(over="ignore"):
+                dy_hat[rows, y] = -np.exp(lse - a_y)
+        return loss, da, dy_hat
+    total = y.sum(axis=1)
+    loss = lse * total - np.einsum("nk,nk->n", y, a)
+    # For rows that sum to one this is the seed's y_hat - y; keeping sum(y) makes it
+    # the exact gradient of the loss above for any target row.
+    da = y_hat * total[:, None] - y
+    dy_hat = None
+    if want_dy_hat:
+        with np.errstate(over="ignore"):
+            dy_hat = np.where(y != 0, -y * np.exp(np.where(y != 0, lse[:, None] - a, 0)), 0)
+    return loss, da, dy_hat
+
+
+def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat):
+    # -[y log s(a) + (1-y) log s(-a)] = softplus(a) - y a, with log s from log_sigmoid.
+    loss = -(y * log_sigmoid(a) + (1 - y) * log_sigmoid(-a)).sum(axis=1)
+    da = y_hat - y
+    dy_hat = None
+    if want_dy_hat:
+        # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}).
+        with np.errstate(over="ignore", invalid="ignore"):
+            pos = np.where(y != 0, y * (1 + np.exp(np.where(y != 0, -a, 0))), 0)
+            neg = np.where(y != 1, (1 - y) * (1 + np.exp(np.where(y != 1, a, 0))), 0)
+        dy_hat = neg - pos
+    return loss, da, dy_hat
+
+
+def _identity_mse(a, y_hat, y, want_dy_hat):
+    d = y_hat - y
+    loss = np.einsum("nk,nk->n", d, d)
+    da = 2 * d
+    return loss, da, (da.copy() if want_dy_hat else None)
+
+
+_FUSED = {
+    (Softmax, CrossEntropy): _softmax_cross_entropy,
+    (Sigmoid, BinaryCrossEntropy): _sigmoid_binary_cross_entropy,
+    (Identity, MSE): _identity_mse,
+}
+
+
+def fused_path(output_activation: Activation, loss: Loss) -> Callable | None:
+    """The fused (g, L) function for a canonical pair of built-in objects, else None.
+
+    Matched on exact types, so a user's subclass always takes the general path.
+    """
+    return _FUSED.get((type(output_activation), type(loss)))

@@ -1,0 +1,218 @@
+"""Checks at the public boundary, shared by every entry point.
+
+Validate once at the edge, trust inside: :class:`rnngrad.RNN` and
+:func:`rnngrad.check_gradients` call these before any arithmetic, and the pure
+functions of :mod:`rnngrad.model` and :mod:`rnngrad.bptt` assume what they check.
+Every message names the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "check_choice",
+    "check_positive_int",
+    "check_dtype",
+    "as_array",
+    "check_shape",
+    "check_finite",
+    "check_params",
+    "check_inputs",
+    "check_h0",
+    "check_mask",
+    "check_targets",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """A string from ``choices``, or ValueError listing them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {sorted(choices)}; got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+    return value
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer; got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value}")
+    return int(value)
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be numpy.float32 or numpy.float64; got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64; got {dt}")
+    return dt
+
+
+def as_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
+    """``value`` as an ndarray of real numbers (converted to ``dtype`` when given)."""
+    if value is None:
+        raise TypeError(f"{name} must be an array; got None")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers; got an array of dtype {arr.dtype}")
+    if dtype is not None and arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    return arr
+
+
+def _fmt(shape: Sequence) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_shape(name: str, arr: np.ndarray, expected: Sequence, labels: str) -> None:
+    """Raise unless ``arr.shape`` matches ``expected`` (None matches any size).
+
+    ``labels`` names the dimensions for the message, e.g. "(T, B, D)".
+    """
+    ok = arr.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, arr.shape))
+    if not ok:
+        want = _fmt(["?" if e is None else e for e in expected])
+        raise ValueError(f"{name} must have shape {labels} = {want}; got shape {_fmt(arr.shape)}")
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+
+
+def check_params(params: Mapping, shapes: Mapping[str, tuple], dtype: np.dtype) -> dict:
+    """The parameter dict with every entry present, of its shape, finite, in ``dtype``."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of arrays; got {type(params).__name__}")
+    missing = [k for k in shapes if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; expected keys {list(shapes)}")
+    out = {}
+    for key, shape in shapes.items():
+        arr = as_array(f"params[{key!r}]", params[key], dtype)
+        if arr.shape != tuple(shape):
+            raise ValueError(
+                f"params[{key!r}] must have shape {_fmt(shape)}; got shape {_fmt(arr.shape)}"
+            )
+        check_finite(f"params[{key!r}]", arr)
+        out[key] = arr
+    return out
+
+
+def check_inputs(x, input_size: int, dtype: np.dtype) -> np.ndarray:
+    """x as (T, B, D) floats in ``dtype``, or (T, B) integer token indices in [0, D).
+
+    Integer token indices select a column of W_x (a one-hot input without the
+    one-hot matrix); a (T, B, D) integer array is taken as numbers and converted.
+    """
+    arr = as_array("x", x)
+    if arr.ndim == 2 and arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < 0 or arr.max() >= input_size):
+            raise ValueError(
+                f"x holds token indices, which must lie in [0, input_size={input_size}); "
+                f"got values from {arr.min()} to {arr.max()}"
+            )
+        if 0 in arr.shape:
+            raise ValueError(f"x must have T >= 1 and B >= 1; got shape {_fmt(arr.shape)}")
+        return arr.astype(np.intp, copy=False)
+    if arr.ndim != 3:
+        raise ValueError(
+            f"x must have shape (T, B, D) = (?, ?, {input_size}) with real values, or (T, B) with "
+            f"integer token indices; got shape {_fmt(arr.shape)} of dtype {arr.dtype}"
+        )
+    check_shape("x", arr, (None, None, input_size), "(T, B, D)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"x must have T >= 1 and B >= 1; got shape {_fmt(arr.shape)}")
+    arr = as_array("x", arr, dtype)
+    check_finite("x", arr)
+    return arr
+
+
+def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype) -> np.ndarray:
+    """h0 as (B, H) in ``dtype``; zeros when None."""
+    if h0 is None:
+        return np.zeros((batch, hidden_size), dtype=dtype)
+    arr = as_array("h0", h0, dtype)
+    check_shape("h0", arr, (batch, hidden_size), "(B, H)")
+    check_finite("h0", arr)
+    return arr
+
+
+def check_mask(mask, T: int, B: int) -> np.ndarray | None:
+    """mask as a (T, B) bool array (None if absent); values must be 0/1 or bool."""
+    if mask is None:
+        return None
+    arr = as_array("mask", mask)
+    check_shape("mask", arr, (T, B), "(T, B)")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError("mask must hold only 0/1 or True/False values")
+        arr = arr.astype(bool)
+    return arr
+
+
+def check_targets(y, loss, T: int, B: int, O: int, dtype: np.dtype, mask: np.ndarray | None):
+    """Targets as rows: (T·B,) integer indices or (T·B, O) floats in ``dtype``.
+
+    What is allowed depends on ``loss.target``; values are checked only at unmasked
+    positions, and masked positions are set to a harmless value (class 0, or the
+    row itself) so that padding such as -1 never reaches an index or a log.
+    """
+    arr = as_array("y", y)
+    kind = getattr(loss, "target", "real")
+    keep = None if mask is None else mask.reshape(-1)
+    if arr.ndim == 2 and arr.dtype.kind in "iu":
+        if kind != "index_or_distribution":
+            raise ValueError(
+                f"y must have shape (T, B, O) = ({T}, {B}, {O}) for loss {loss.name!r}; "
+                f"integer class indices of shape (T, B) are for cross_entropy with a softmax output"
+            )
+        check_shape("y", arr, (T, B), "(T, B)")
+        idx = arr.reshape(-1).astype(np.intp)
+        if keep is not None:
+            idx = np.where(keep, idx, 0)
+        if idx.size and (idx.min() < 0 or idx.max() >= O):
+            raise ValueError(
+                f"y holds class indices, which must lie in [0, output_size={O}); "
+                f"got values from {idx.min()} to {idx.max()}"
+                + (" at unmasked positions" if keep is not None else "")
+            )
+        return idx
+    if arr.ndim == 2 and kind == "index_or_distribution":
+        raise TypeError(
+            f"y of shape (T, B) must hold integer class indices; got dtype {arr.dtype}. "
+            f"Pass probability rows as shape (T, B, O) = ({T}, {B}, {O})"
+        )
+    labels = "(T, B, O)"
+    if kind == "index_or_distribution":
+        labels += " (or (T, B) class indices)"
+    check_shape("y", arr, (T, B, O), labels)
+    arr = as_array("y", arr, dtype).reshape(T * B, O)
+    check_finite("y", arr)
+    live = arr if keep is None else arr[keep]
+    if kind in ("unit_interval", "index_or_distribution") and live.size:
+        if live.min() < 0 or live.max() > 1:
+            raise ValueError(f"y must lie in [0, 1] for loss {loss.name!r}; got values from {live.min()} to {live.max()}")
+    if kind == "index_or_distribution" and live.size:
+        sums = live.sum(axis=1)
+        tol = 1e-4 if dtype == np.float32 else 1e-6
+        worst = np.abs(sums - 1).max()
+        if worst > tol:
+            raise ValueError(
+                f"y rows must be probability distributions (each summing to 1) for cross_entropy "
+                f"with a softmax output; a row sums to {sums[np.argmax(np.abs(sums - 1))]:.6g}"
+            )
+    if keep is not None and not keep.all():
+        arr = arr.copy()
+        arr[~keep] = 0
+    return arr
