@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check this many random directions per array instead of every entry")
     p.add_argument("--seed", type=int, default=0, help="seed for the model and the data")
     p.set_defaults(run=_cmd_gradcheck)
+    # Other commands live beside the code they drive; each module registers its own parser.
+    # (one line per command below)
     return parser
 
 
