@@ -1,0 +1,57 @@
+"""The rnngrad command end to end, in a subprocess as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "rnngrad", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_gradcheck_prints_a_passing_table():
+    p = run("gradcheck")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("RNN(input_size=4, hidden_size=5, output_size=3, hidden_activation='tanh'")
+    rows = [ln for ln in lines if ln.startswith("| ") and "gradient" not in ln]
+    assert [r.split("|")[1].strip() for r in rows] == ["W_x", "W_h", "b_h", "W_y", "b_y", "x", "h0"]
+    assert all(r.rstrip().endswith("| yes |") for r in rows)
+    assert lines[-1] == "all gradients match finite differences"
+
+
+@pytest.mark.parametrize("args", [
+    ["-f", "relu", "-g", "sigmoid", "-l", "cross_entropy", "--mask", "--reduction", "mean"],
+    ["-f", "sigmoid", "-g", "softmax", "-l", "mse", "-T", "3", "-B", "1", "--directions", "2"],
+])
+def test_gradcheck_options(args):
+    p = run("gradcheck", *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "all gradients match finite differences" in p.stdout
+
+
+def test_gradcheck_fails_loudly_when_tolerance_cannot_be_met():
+    # rtol far below what a finite difference can resolve: the table must say NO and exit 1.
+    p = run("gradcheck", "--rtol", "1e-16")
+    assert p.returncode == 1
+    assert "| NO |" in p.stdout and "GRADIENT CHECK FAILED" in p.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["gradcheck", "-f", "gelu"], "invalid choice: 'gelu'"),
+    (["gradcheck", "-T", "0"], "expected a positive integer, got 0"),
+    (["gradcheck", "--eps", "abc"], "expected a positive number, got 'abc'"),
+    (["gradcheck", "-g", "identity", "-l", "cross_entropy"], "needs probabilities"),
+    ([], "required: COMMAND"),
+])
+def test_bad_options_give_one_line_errors(args, message):
+    p = run(*args)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_lists_defaults():
+    p = run("gradcheck", "--help")
+    assert p.returncode == 0
+    assert "(default: tanh)" in p.stdout and "(default: 1e-06)" in p.stdout

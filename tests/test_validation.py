@@ -1,0 +1,160 @@
+"""Bad input gets a clear ValueError/TypeError naming the argument, expected and given."""
+
+import numpy as np
+import pytest
+
+import rnngrad
+
+T, B, D, H, O = 4, 3, 2, 5, 3
+
+
+@pytest.fixture
+def model():
+    return rnngrad.RNN(D, H, O, seed=0)
+
+
+@pytest.fixture
+def data(rng):
+    return rng.standard_normal((T, B, D)), rng.integers(0, O, (T, B))
+
+
+@pytest.mark.parametrize("x,match", [
+    (np.zeros((T, D)), r"x must have shape \(T, B, D\) = \(\?, \?, 2\).*got shape \(4, 2\)"),
+    (np.zeros((T, B, D, 1)), r"x must have shape \(T, B, D\).*got shape \(4, 3, 2, 1\)"),
+    (np.zeros((T, B, D + 1)), r"x must have shape \(T, B, D\) = \(\?, \?, 2\); got shape \(4, 3, 3\)"),
+    (np.zeros((0, B, D)), r"x must have T >= 1 and B >= 1"),
+    (np.zeros((T, 0, D)), r"x must have T >= 1 and B >= 1"),
+    (np.full((T, B, D), np.nan), r"x contains NaN or Inf"),
+    (np.array([[[1.0, np.inf]]]), r"x contains NaN or Inf \(first at index \(0, 0, 1\)\)"),
+    (np.array([[0, 2]]), r"token indices.*\[0, input_size=2\).*from 0 to 2"),
+    (np.array([[-1, 0]]), r"token indices"),
+])
+def test_bad_x(model, x, match):
+    with pytest.raises(ValueError, match=match):
+        model.forward(x)
+
+
+def test_x_of_wrong_type(model):
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        model.forward(np.array([[["a", "b"]]]))
+    with pytest.raises(TypeError, match="x must be an array; got None"):
+        model.forward(None)
+
+
+def test_bad_h0(model, data):
+    x, y = data
+    with pytest.raises(ValueError, match=r"h0 must have shape \(B, H\) = \(3, 5\); got shape \(5,\)"):
+        model.gradients(x, y, h0=np.zeros(H))
+    with pytest.raises(ValueError, match=r"h0 contains NaN"):
+        model.gradients(x, y, h0=np.full((B, H), np.nan))
+
+
+def test_bad_y_for_softmax_cross_entropy(model, data):
+    x, y = data
+    with pytest.raises(ValueError, match=r"y must have shape \(T, B, O\) \(or \(T, B\) class indices\) = "
+                                         r"\(4, 3, 3\); got shape \(3, 4, 3\)"):
+        model.gradients(x, np.zeros((B, T, O)))
+    with pytest.raises(ValueError, match=r"y must have shape \(T, B\) = \(4, 3\); got shape \(4, 2\)"):
+        model.gradients(x, y[:, :2])
+    with pytest.raises(ValueError, match=r"class indices.*\[0, output_size=3\).*from 3 to 3"):
+        model.gradients(x, np.full((T, B), 3))
+    with pytest.raises(ValueError, match=r"class indices"):
+        model.gradients(x, np.full((T, B), -1))
+    with pytest.raises(TypeError, match=r"must hold integer class indices; got dtype float64"):
+        model.gradients(x, y.astype(float))
+    with pytest.raises(TypeError, match=r"integer class indices; got dtype bool"):
+        model.gradients(x, np.ones((T, B), dtype=bool))
+    with pytest.raises(ValueError, match=r"probability distributions.*sums to 2"):
+        model.gradients(x, np.full((T, B, O), 2 / 3))
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 1\]"):
+        model.gradients(x, np.tile([1.5, -0.5, 0.0], (T, B, 1)))
+    with pytest.raises(ValueError, match=r"y contains NaN"):
+        model.gradients(x, np.full((T, B, O), np.nan))
+
+
+def test_bad_y_for_other_losses(data):
+    x, y = data
+    bce = rnngrad.RNN(D, H, O, output_activation="sigmoid", loss="cross_entropy")
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 1\] for loss 'binary_cross_entropy'"):
+        bce.gradients(x, np.full((T, B, O), 1.5))
+    with pytest.raises(ValueError, match=r"integer class indices of shape \(T, B\) are for cross_entropy"):
+        bce.gradients(x, y)
+    mse = rnngrad.RNN(D, H, O, output_activation="identity", loss="mse")
+    with pytest.raises(ValueError, match=r"y must have shape \(T, B, O\) = \(4, 3, 3\) for loss 'mse'"):
+        mse.gradients(x, y)
+    with pytest.raises(ValueError, match=r"y must have shape \(T, B, O\) = \(4, 3, 3\); got shape \(4, 3, 1\)"):
+        mse.gradients(x, np.zeros((T, B, 1)))
+
+
+def test_masked_positions_may_hold_padding(model, data):
+    x, y = data
+    mask = np.ones((T, B), dtype=bool)
+    mask[2:, 0] = False
+    y_pad = y.copy()
+    y_pad[2:, 0] = -100  # PyTorch's ignore_index convention
+    res = model.gradients(x, y_pad, mask=mask)
+    assert np.isfinite(res.loss)
+    y_bad = y_pad.copy()
+    y_bad[0, 1] = 7
+    with pytest.raises(ValueError, match="at unmasked positions"):
+        model.gradients(x, y_bad, mask=mask)
+
+
+def test_bad_mask(model, data):
+    x, y = data
+    with pytest.raises(ValueError, match=r"mask must have shape \(T, B\) = \(4, 3\); got shape \(3, 4\)"):
+        model.gradients(x, y, mask=np.ones((B, T)))
+    with pytest.raises(ValueError, match=r"mask must hold only 0/1"):
+        model.gradients(x, y, mask=np.full((T, B), 2))
+    with pytest.raises(ValueError, match=r"reduction='mean' needs at least one unmasked"):
+        model.gradients(x, y, mask=np.zeros((T, B)), reduction="mean")
+    assert model.gradients(x, y, mask=np.zeros((T, B))).loss == 0.0
+
+
+def test_bad_params(model, data):
+    x, y = data
+    model.params["W_h"] = np.zeros((H, H + 1))
+    with pytest.raises(ValueError, match=r"params\['W_h'\] must have shape \(5, 5\); got shape \(5, 6\)"):
+        model.gradients(x, y)
+    model.params["W_h"] = np.zeros((H, H))
+    model.params["b_y"][1] = np.nan
+    with pytest.raises(ValueError, match=r"params\['b_y'\] contains NaN or Inf \(first at index \(1,\)\)"):
+        model.forward(x)
+    del model.params["b_y"]
+    with pytest.raises(ValueError, match=r"params is missing \['b_y'\]"):
+        model.forward(x)
+    model.params["b_y"] = "zeros"
+    with pytest.raises(TypeError, match=r"params\['b_y'\] must hold real numbers"):
+        model.forward(x)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(hidden_activation="gelu"), ValueError,
+     r"unknown hidden_activation 'gelu'; expected one of \['identity', 'relu', 'sigmoid', 'tanh'\]"),
+    (dict(output_activation="tanh"), ValueError,
+     r"unknown output_activation 'tanh'; expected one of \['identity', 'sigmoid', 'softmax'\]"),
+    (dict(loss="nll"), ValueError, r"unknown loss 'nll'; expected one of \['binary_cross_entropy', 'cross_entropy', 'mse'\]"),
+    (dict(output_activation="identity", loss="cross_entropy"), ValueError, r"needs probabilities"),
+    (dict(hidden_activation=rnngrad.Softmax()), ValueError, r"hidden_activation must be element-wise"),
+    (dict(hidden_activation=3), TypeError, r"hidden_activation must be a name"),
+    (dict(loss=None), TypeError, r"loss must be a name"),
+    (dict(dtype=np.int32), ValueError, r"dtype must be numpy.float32 or numpy.float64; got int32"),
+    (dict(dtype="banana"), TypeError, r"dtype must be"),
+    (dict(recurrent_init="zeros"), ValueError, r"unknown recurrent_init 'zeros'"),
+])
+def test_bad_constructor_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rnngrad.RNN(D, H, O, **kwargs)
+
+
+@pytest.mark.parametrize("size,error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError),
+                                        ("4", TypeError)])
+def test_bad_sizes(size, error):
+    with pytest.raises(error, match="hidden_size must be a positive integer"):
+        rnngrad.RNN(D, size, O)
+
+
+def test_bad_reduction(model, data):
+    x, y = data
+    with pytest.raises(ValueError, match=r"unknown reduction 'avg'; expected one of \['mean', 'sum'\]"):
+        model.gradients(x, y, reduction="avg")
