@@ -1,0 +1,432 @@
+"""Optimizers and gradient clipping over the ``params`` / ``grads`` dicts of :class:`rnngrad.RNN`.
+
+Every optimizer updates the parameter arrays *in place* (the model's own arrays), so
+``model.params`` changes after ``opt.step(grads)`` without any reassignment. Only the
+parameter keys ``W_x, W_h, b_h, W_y, b_y`` are touched; other entries of ``grads``
+(``"h"``, ``"y_hat"``, ``"x"``, ``"h0"``) are ignored.
+
+The update rules are those of ``torch.optim`` (PyTorch 2.x, default options not exposed
+here held at their defaults: dampening 0, no lr decay, not centred, not amsgrad), so that
+the tests can compare against it step by step. With g = dL/dθ and step count s = 1, 2, ...:
+
+    SGD       d = g + λ θ;  buf = d (s = 1) or μ buf + d;  d = d + μ buf (Nesterov) or buf;  θ -= lr d
+    Adagrad   G += g²;  θ -= lr g / (√G + ε)
+    RMSprop   v = α v + (1 − α) g²;  buf = μ buf + g / (√v + ε);  θ -= lr buf   (μ = 0: θ -= lr g / (√v + ε))
+    Adam      m = β₁ m + (1 − β₁) g;  v = β₂ v + (1 − β₂) g²;
+              θ -= (lr / (1 − β₁ˢ)) m / (√v / √(1 − β₂ˢ) + ε)
+
+State is a flat dict (see :meth:`Optimizer.state_dict`): numbers for the hyperparameters
+and step count, arrays named ``"<slot>.<param>"`` (e.g. ``"exp_avg.W_h"``), so it can be
+written as an ``.npz`` (arrays) plus JSON (numbers) without pickle.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Mapping, MutableMapping, Sequence
+
+import numpy as np
+
+from .model import PARAM_NAMES
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "OPTIMIZERS",
+    "make_optimizer",
+    "clip_grad_norm",
+    "clip_grad_value",
+]
+
+
+def _check_number(name: str, value, low: float = 0.0, high: float | None = None,
+                  high_open: bool = False) -> float:
+    """A finite real number in [low, high] (or [low, high) when ``high_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
+    value = float(value)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or value < low or too_high:
+        bound = "" if high is None else (f", {high})" if high_open else f", {high}]")
+        interval = f"[{low}" + (bound or ", inf)")
+        raise ValueError(f"{name} must lie in {interval}; got {value}")
+    return value
+
+
+def _check_param_dict(params) -> MutableMapping[str, np.ndarray]:
+    if not isinstance(params, MutableMapping):
+        raise TypeError(f"params must be a dict of arrays (e.g. model.params); got {type(params).__name__}")
+    missing = [k for k in PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; expected keys {list(PARAM_NAMES)}")
+    for k in PARAM_NAMES:
+        p = params[k]
+        if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
+            raise TypeError(
+                f"params[{k!r}] must be a floating-point numpy array (it is updated in place); "
+                f"got {type(p).__name__}" + (f" of dtype {p.dtype}" if isinstance(p, np.ndarray) else "")
+            )
+        if not p.flags.writeable:
+            raise ValueError(f"params[{k!r}] is read-only; the optimizer updates it in place")
+    return params
+
+
+def _check_grads(grads, params: Mapping[str, np.ndarray], keys: Sequence[str]) -> dict:
+    """The gradient arrays for ``keys``, each shaped like its parameter, in its dtype."""
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays (e.g. model.gradients(...).grads); "
+                        f"got {type(grads).__name__}")
+    out = {}
+    for k in keys:
+        if k not in grads:
+            raise ValueError(f"grads is missing {k!r}; expected keys {list(keys)}")
+        g = np.asarray(grads[k])
+        if g.dtype.kind not in "biuf":
+            raise TypeError(f"grads[{k!r}] must hold real numbers; got dtype {g.dtype}")
+        p = params[k]
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{k!r}] must have the shape of params[{k!r}], {p.shape}; got {g.shape}")
+        out[k] = g.astype(p.dtype, copy=False)
+    return out
+
+
+class Optimizer:
+    """Base class: holds the params dict, hyperparameters, step count and per-parameter slots.
+
+    Subclasses set ``name``, ``hyper`` (hyperparameter names, each an attribute) and
+    ``slots`` (names of per-parameter state arrays), and implement :meth:`_update`.
+    """
+
+    name = "optimizer"
+    hyper: tuple = ()
+    slots: tuple = ()
+
+    def __init__(self, params):
+        self.params = _check_param_dict(params)
+        self.step_count = 0
+        # Zeros are the torch initial values of every slot except SGD's momentum buffer,
+        # which torch creates from the first gradient; SGD handles that by the step count.
+        self.state = {
+            slot: {k: np.zeros_like(self.params[k]) for k in PARAM_NAMES} for slot in self.slots
+        }
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        """Apply one update to ``params`` in place.
+
+        Parameters
+        ----------
+        grads : dict with "W_x" (H, D), "W_h" (H, H), "b_h" (H,), "W_y" (O, H), "b_y" (O,)
+            shaped as the parameters; other keys are ignored. ``grads`` is not modified.
+        """
+        g = _check_grads(grads, self.params, PARAM_NAMES)
+        for k in PARAM_NAMES:
+            if self.params[k].shape != self.state_shape(k):
+                raise ValueError(
+                    f"params[{k!r}] changed shape from {self.state_shape(k)} to {self.params[k].shape} "
+                    f"since the optimizer was created; make a new optimizer"
+                )
+        self.step_count += 1
+        for k in PARAM_NAMES:
+            self._update(k, self.params[k], g[k], {slot: self.state[slot][k] for slot in self.slots})
+
+    def state_shape(self, k: str) -> tuple:
+        return self.state[self.slots[0]][k].shape if self.slots else self.params[k].shape
+
+    def _update(self, key: str, p: np.ndarray, g: np.ndarray, s: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """A flat copy of the state: {name: float | int | bool | np.ndarray}.
+
+        Keys: each hyperparameter (e.g. "lr"), "step" (int, updates done), and
+        "<slot>.<param>" arrays shaped like the parameter (e.g. "exp_avg.W_h" (H, H)).
+        The arrays are copies; numbers are plain Python scalars, so the dict splits
+        into an ``.npz`` of the arrays and JSON of the rest.
+        """
+        d = {h: getattr(self, h) for h in self.hyper}
+        d["step"] = int(self.step_count)
+        for slot in self.slots:
+            for k in PARAM_NAMES:
+                d[f"{slot}.{k}"] = self.state[slot][k].copy()
+        return d
+
+    def load_state_dict(self, d: Mapping) -> None:
+        """Restore a :meth:`state_dict` (numbers may come back as 0-d arrays from an ``.npz``).
+
+        Hyperparameters are restored too, as torch does, so that a resumed run continues
+        exactly. Raises ValueError for missing or extra keys or wrongly shaped arrays.
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"state must be a dict from state_dict(); got {type(d).__name__}")
+        expected = set(self.hyper) | {"step"} | {f"{s}.{k}" for s in self.slots for k in PARAM_NAMES}
+        missing, extra = sorted(expected - set(d)), sorted(set(d) - expected)
+        if missing or extra:
+            raise ValueError(
+                f"state does not belong to a {type(self).__name__} optimizer: "
+                f"missing keys {missing}, unexpected keys {extra}"
+            )
+        arrays = {}
+        for slot in self.slots:
+            for k in PARAM_NAMES:
+                key = f"{slot}.{k}"
+                a = np.asarray(d[key])
+                if a.shape != self.params[k].shape or a.dtype.kind not in "biuf":
+                    raise ValueError(
+                        f"state[{key!r}] must be a real array of shape {self.params[k].shape}; "
+                        f"got {a.dtype} of shape {a.shape}"
+                    )
+                arrays[key] = a
+        step = np.asarray(d["step"])
+        if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
+            raise ValueError(f"state['step'] must be a non-negative integer; got {d['step']!r}")
+        # Re-check the numbers through the constructor's rules before changing anything.
+        hyper = {}
+        for h in self.hyper:
+            v = np.asarray(d[h])
+            if v.shape != () or v.dtype.kind not in "biuf":
+                raise ValueError(f"state[{h!r}] must be a number; got {d[h]!r}")
+            hyper[h] = v.item()
+        checked = type(self)(self.params, **self._ctor_kwargs(hyper))
+        for h in self.hyper:
+            setattr(self, h, getattr(checked, h))
+        self.step_count = int(step)
+        for key, a in arrays.items():
+            slot, k = key.split(".", 1)
+            self.state[slot][k] = np.array(a, dtype=self.params[k].dtype)
+
+    def _ctor_kwargs(self, hyper: dict) -> dict:
+        return dict(hyper)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{h}={getattr(self, h)!r}" for h in self.hyper)
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    ``d = g + weight_decay·θ``; with momentum μ > 0, ``buf = d`` at the first step and
+    ``buf = μ·buf + d`` after, then ``d = d + μ·buf`` (Nesterov) or ``d = buf``;
+    finally ``θ -= lr·d``. As ``torch.optim.SGD`` with dampening 0.
+
+    Parameters
+    ----------
+    params : dict of arrays (``model.params``), updated in place
+    lr : float >= 0
+    momentum : float >= 0, default 0
+    nesterov : bool, default False (needs momentum > 0)
+    weight_decay : float >= 0, default 0
+    """
+
+    name = "sgd"
+    hyper = ("lr", "momentum", "nesterov", "weight_decay")
+    slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        self.lr = _check_number("lr", lr)
+        self.momentum = _check_number("momentum", momentum)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False; got {type(nesterov).__name__}")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.weight_decay = _check_number("weight_decay", weight_decay)
+        super().__init__(params)
+
+    def _ctor_kwargs(self, hyper):
+        return {**hyper, "nesterov": bool(hyper["nesterov"])}
+
+    def _update(self, key, p, g, s):
+        d = g + self.weight_decay * p if self.weight_decay else g
+        if self.momentum:
+            buf = s["momentum_buffer"]
+            if self.step_count == 1:
+                buf[...] = d
+            else:
+                buf *= self.momentum
+                buf += d
+            d = d + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * d
+
+
+class Adagrad(Optimizer):
+    """Adagrad: ``G += g²``, ``θ -= lr·g / (√G + eps)``; as ``torch.optim.Adagrad``
+    with no lr decay, weight decay or initial accumulator.
+
+    Parameters
+    ----------
+    params : dict of arrays, updated in place
+    lr : float >= 0
+    eps : float >= 0, default 1e-10
+    """
+
+    name = "adagrad"
+    hyper = ("lr", "eps")
+    slots = ("sum",)
+
+    def __init__(self, params, lr: float, eps: float = 1e-10):
+        self.lr = _check_number("lr", lr)
+        self.eps = _check_number("eps", eps)
+        super().__init__(params)
+
+    def _update(self, key, p, g, s):
+        G = s["sum"]
+        G += g * g
+        p -= self.lr * (g / (np.sqrt(G) + self.eps))
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``v = α·v + (1 − α)·g²``; ``θ -= lr·g / (√v + eps)``, or with momentum μ > 0
+    ``buf = μ·buf + g / (√v + eps)``, ``θ -= lr·buf``. As ``torch.optim.RMSprop`` (not centred).
+
+    Parameters
+    ----------
+    params : dict of arrays, updated in place
+    lr : float >= 0
+    alpha : float in [0, 1], default 0.99 (smoothing of the squared gradient)
+    eps : float >= 0, default 1e-8
+    momentum : float >= 0, default 0
+    """
+
+    name = "rmsprop"
+    hyper = ("lr", "alpha", "eps", "momentum")
+    slots = ("square_avg", "momentum_buffer")
+
+    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0):
+        self.lr = _check_number("lr", lr)
+        self.alpha = _check_number("alpha", alpha, 0.0, 1.0)
+        self.eps = _check_number("eps", eps)
+        self.momentum = _check_number("momentum", momentum)
+        super().__init__(params)
+
+    def _update(self, key, p, g, s):
+        v = s["square_avg"]
+        v *= self.alpha
+        v += (1 - self.alpha) * (g * g)
+        step = g / (np.sqrt(v) + self.eps)
+        if self.momentum:
+            buf = s["momentum_buffer"]
+            buf *= self.momentum
+            buf += step
+            step = buf
+        p -= self.lr * step
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction, as ``torch.optim.Adam`` (not amsgrad).
+
+    ``m = β₁·m + (1 − β₁)·g``, ``v = β₂·v + (1 − β₂)·g²``,
+    ``θ -= (lr / (1 − β₁ˢ))·m / (√v / √(1 − β₂ˢ) + eps)`` at step s = 1, 2, ...
+
+    Parameters
+    ----------
+    params : dict of arrays, updated in place
+    lr : float >= 0
+    betas : (β₁, β₂), each in [0, 1), default (0.9, 0.999)
+    eps : float >= 0, default 1e-8
+
+    ``state_dict`` stores the betas as "beta1" and "beta2".
+    """
+
+    name = "adam"
+    hyper = ("lr", "beta1", "beta2", "eps")
+    slots = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
+        self.lr = _check_number("lr", lr)
+        self.beta1 = _check_number("betas[0]", betas[0], 0.0, 1.0, high_open=True)
+        self.beta2 = _check_number("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+        self.eps = _check_number("eps", eps)
+        super().__init__(params)
+
+    @property
+    def betas(self) -> tuple:
+        return (self.beta1, self.beta2)
+
+    def _ctor_kwargs(self, hyper):
+        return {"lr": hyper["lr"], "betas": (hyper["beta1"], hyper["beta2"]), "eps": hyper["eps"]}
+
+    def _update(self, key, p, g, s):
+        m, v = s["exp_avg"], s["exp_avg_sq"]
+        m += (1 - self.beta1) * (g - m)  # torch's lerp form of β₁ m + (1 − β₁) g
+        v *= self.beta2
+        v += (1 - self.beta2) * (g * g)
+        t = self.step_count
+        step_size = self.lr / (1 - self.beta1 ** t)
+        denom = np.sqrt(v) / math.sqrt(1 - self.beta2 ** t) + self.eps
+        p -= step_size * (m / denom)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam)}
+
+
+def make_optimizer(name: str, params, lr: float, **kw) -> Optimizer:
+    """The optimizer called ``name`` ("sgd", "adagrad", "rmsprop", "adam") over ``params``.
+
+    Extra keyword arguments go to its constructor (e.g. ``momentum=0.9`` for "sgd").
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer name must be a string, one of {sorted(OPTIMIZERS)}; got {type(name).__name__}")
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+    cls = OPTIMIZERS[key]
+    try:
+        return cls(params, lr, **kw)
+    except TypeError as err:
+        if "unexpected keyword argument" in str(err):
+            raise TypeError(f"optimizer {key!r} does not take that option: {err}") from None
+        raise
+
+
+def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
+                   keys: Sequence[str] = PARAM_NAMES) -> float:
+    """Scale the gradients in ``keys`` in place so their global 2-norm is at most ``max_norm``.
+
+    ``total = sqrt(sum_k ||grads[k]||²)``; if ``total > max_norm`` every gradient is
+    multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
+
+    Returns the norm *before* clipping (log it to watch for explosions). When it is not
+    finite the gradients are left unchanged (torch would fill them with NaN), so the
+    caller can see ``inf``/``nan`` and skip the step.
+    """
+    max_norm = _check_number("max_norm", max_norm)
+    arrays = _grad_arrays(grads, keys)
+    total = math.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays.values()))
+    coef = max_norm / (total + 1e-6)
+    if math.isfinite(total) and coef < 1.0:
+        for a in arrays.values():
+            a *= coef
+    return total
+
+
+def clip_grad_value(grads: MutableMapping[str, np.ndarray], clip_value: float,
+                    keys: Sequence[str] = PARAM_NAMES) -> None:
+    """Clamp every entry of the gradients in ``keys`` to [-clip_value, clip_value], in place
+    (as ``torch.nn.utils.clip_grad_value_``)."""
+    clip_value = _check_number("clip_value", clip_value)
+    for a in _grad_arrays(grads, keys).values():
+        np.clip(a, -clip_value, clip_value, out=a)
+
+
+def _grad_arrays(grads, keys: Sequence[str]) -> dict:
+    if not isinstance(grads, MutableMapping):
+        raise TypeError(f"grads must be a dict of arrays; got {type(grads).__name__}")
+    if isinstance(keys, str):
+        raise TypeError(f"keys must be a sequence of names such as {list(PARAM_NAMES)}; got the string {keys!r}")
+    out = {}
+    for k in keys:
+        if k not in grads:
+            raise ValueError(f"grads is missing {k!r} (keys to clip: {list(keys)})")
+        a = grads[k]
+        if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or not a.flags.writeable:
+            raise TypeError(f"grads[{k!r}] must be a writable floating-point numpy array (clipped in place)")
+        out[k] = a
+    return out
