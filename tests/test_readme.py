@@ -1,0 +1,38 @@
+"""The README's code runs as pasted, and CI runs the README's commands."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_python_examples_run_as_pasted():
+    ns = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for code in blocks("python"):
+            exec(compile(code, "README.md", "exec"), ns)
+    printed = out.getvalue().splitlines()
+    # The comments in the quick start say what these lines print.
+    assert "['W_h', 'W_x', 'W_y', 'b_h', 'b_y', 'h', 'h0', 'x', 'y_hat']" in printed
+    assert "(20, 4, 16)" in printed and "(4, 16) (4, 16)" in printed and "float32" in printed
+    assert printed.count("True") == 2
+    assert ns["report"].passed and isinstance(ns["res"].loss, float)
+    assert np.isfinite(ns["res"].loss)
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    commands = [b.strip() for b in blocks("bash")]
+    assert len(commands) >= 2 and commands[1].endswith("python -m pytest -q")
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    for command in commands[:2]:
+        assert command in ci_lines
