@@ -141,10 +141,14 @@ def plot_flow(results: Sequence, path, heatmap: int | str = 0, title: str | None
     ax, hx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
     # A log axis cannot show 0; the smallest positive double stands in for an exact zero.
     tiny = np.finfo(np.float64).tiny
+    # One line style per label prefix before the first comma (the activation, for flow_sweep's
+    # "f, ρ(W_h)=s" labels), so a sweep's nine lines are told apart without reading colours alone.
+    styles = {}
     for i, r in enumerate(results):
+        style = styles.setdefault(str(r.label).split(",")[0], ("-", "--", ":", "-.")[len(styles) % 4])
         norms = np.maximum(np.asarray(r.norms, dtype=np.float64), tiny)
         t = np.arange(1, norms.size + 1)
-        ax.semilogy(t, norms, color=f"C{i % 10}", linewidth=1.6 if r is chosen else 1.1,
+        ax.semilogy(t, norms, style, color=f"C{i % 10}", linewidth=2.0 if r is chosen else 1.3,
                     label=f"{r.label}  (ratio {r.ratio:.1e})")
     ax.set_xlabel("time step t (loss at t = T)")
     ax.set_ylabel("‖dL/dh_t‖ (mean over batch)")
