@@ -97,6 +97,10 @@ def _check_grads(grads, params: Mapping[str, np.ndarray], keys: Sequence[str]) -
 class Optimizer:
     """Base class: holds the params dict, hyperparameters, step count and per-parameter slots.
 
+    The optimizer keeps the ``params`` dict itself (not copies) and, at each step, updates
+    whatever arrays it holds under the five parameter names in place: to change the values
+    (e.g. when loading a checkpoint) write into the arrays, ``params[k][...] = v``.
+
     Subclasses set ``name``, ``hyper`` (hyperparameter names, each an attribute) and
     ``slots`` (names of per-parameter state arrays), and implement :meth:`_update`.
     """
@@ -120,20 +124,22 @@ class Optimizer:
         Parameters
         ----------
         grads : dict with "W_x" (H, D), "W_h" (H, H), "b_h" (H,), "W_y" (O, H), "b_y" (O,)
-            shaped as the parameters; other keys are ignored. ``grads`` is not modified.
+            shaped as the parameters; other keys are ignored. ``grads`` is not modified,
+            and is not checked for NaN/Inf here: test the norm that :func:`clip_grad_norm`
+            returns before stepping if a run may diverge.
         """
         g = _check_grads(grads, self.params, PARAM_NAMES)
         for k in PARAM_NAMES:
-            if self.params[k].shape != self.state_shape(k):
+            if self.params[k].shape != self._state_shape(k):
                 raise ValueError(
-                    f"params[{k!r}] changed shape from {self.state_shape(k)} to {self.params[k].shape} "
+                    f"params[{k!r}] changed shape from {self._state_shape(k)} to {self.params[k].shape} "
                     f"since the optimizer was created; make a new optimizer"
                 )
         self.step_count += 1
         for k in PARAM_NAMES:
             self._update(k, self.params[k], g[k], {slot: self.state[slot][k] for slot in self.slots})
 
-    def state_shape(self, k: str) -> tuple:
+    def _state_shape(self, k: str) -> tuple:
         return self.state[self.slots[0]][k].shape if self.slots else self.params[k].shape
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray, s: dict) -> None:
