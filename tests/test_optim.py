@@ -338,6 +338,16 @@ def test_clip_grad_norm_by_hand_and_nonfinite():
     np.testing.assert_array_equal(grads["W_h"], [[np.inf, 1.0]])
 
 
+def test_infinite_limits_only_measure(rng):
+    grads = random_grads(rng, 100.0)
+    saved = {k: v.copy() for k, v in grads.items()}
+    total = clip_grad_norm(grads, float("inf"))
+    assert total == pytest.approx(np.sqrt(sum(np.sum(saved[k] ** 2) for k in PARAM_NAMES)), rel=1e-12)
+    clip_grad_value(grads, float("inf"))
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], saved[k])
+
+
 def test_clip_grad_value_matches_torch(rng):
     grads = random_grads(rng, 3.0)
     h_before = grads["h"].copy()
@@ -357,7 +367,9 @@ def test_clip_bad_inputs(rng):
     with pytest.raises(ValueError, match="max_norm"):
         clip_grad_norm(grads, -1.0)
     with pytest.raises(ValueError, match="clip_value"):
-        clip_grad_value(grads, float("inf"))
+        clip_grad_value(grads, float("nan"))
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(grads, float("nan"))
     with pytest.raises(ValueError, match="grads is missing 'nope'"):
         clip_grad_norm(grads, 1.0, keys=("nope",))
     with pytest.raises(TypeError, match="keys must be a sequence"):

@@ -44,13 +44,13 @@ __all__ = [
 
 
 def _check_number(name: str, value, low: float = 0.0, high: float | None = None,
-                  high_open: bool = False) -> float:
-    """A finite real number in [low, high] (or [low, high) when ``high_open``)."""
+                  high_open: bool = False, allow_inf: bool = False) -> float:
+    """A real number in [low, high] (or [low, high) when ``high_open``); finite unless ``allow_inf``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
     value = float(value)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if not math.isfinite(value) or value < low or too_high:
+    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < low or too_high:
         bound = "" if high is None else (f", {high})" if high_open else f", {high}]")
         interval = f"[{low}" + (bound or ", inf)")
         raise ValueError(f"{name} must lie in {interval}; got {value}")
@@ -399,11 +399,12 @@ def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
     ``total = sqrt(sum_k ||grads[k]||²)``; if ``total > max_norm`` every gradient is
     multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
 
-    Returns the norm *before* clipping (log it to watch for explosions). When it is not
+    ``max_norm=math.inf`` only measures. Returns the norm *before* clipping (log it to
+    watch for explosions). When it is not
     finite the gradients are left unchanged (torch would fill them with NaN), so the
     caller can see ``inf``/``nan`` and skip the step.
     """
-    max_norm = _check_number("max_norm", max_norm)
+    max_norm = _check_number("max_norm", max_norm, allow_inf=True)
     arrays = _grad_arrays(grads, keys)
     total = math.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays.values()))
     coef = max_norm / (total + 1e-6)
@@ -417,7 +418,7 @@ def clip_grad_value(grads: MutableMapping[str, np.ndarray], clip_value: float,
                     keys: Sequence[str] = PARAM_NAMES) -> None:
     """Clamp every entry of the gradients in ``keys`` to [-clip_value, clip_value], in place
     (as ``torch.nn.utils.clip_grad_value_``)."""
-    clip_value = _check_number("clip_value", clip_value)
+    clip_value = _check_number("clip_value", clip_value, allow_inf=True)
     for a in _grad_arrays(grads, keys).values():
         np.clip(a, -clip_value, clip_value, out=a)
 
