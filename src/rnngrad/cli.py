@@ -8,7 +8,10 @@ dependency.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,6 +86,263 @@ def _cmd_gradcheck(args) -> int:
     return 0 if report.passed else 1
 
 
+# --- train ---------------------------------------------------------------------------------
+
+def _new_run_dir(name: str) -> Path:
+    """runs/<date>-<time>-<name> under the current directory, never an existing folder."""
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and returns. A second Ctrl-C forces out."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def handler(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def _format_row(row, steps: int) -> str:
+    parts = [f"step {row.step:>{len(str(steps))}}/{steps}", f"train {row.train_loss:.4f}", f"val {row.val_loss:.4f}"]
+    if row.grad_norm is not None:
+        parts.append(f"|grad| {row.grad_norm:.3g}")
+    if row.tokens_per_s is not None:
+        parts.append(f"{row.tokens_per_s:,.0f} tok/s")
+    return "  ".join(parts)
+
+
+def _cmd_train(args) -> int:
+    from .train import LOSS_PLOT, METRICS, TrainConfig, Trainer
+
+    if args.resume is not None:
+        trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget)
+        out = Path(args.resume)
+        print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
+    else:
+        config = TrainConfig(
+            text=args.text, task=args.task, max_chars=args.max_chars, hidden_size=args.hidden_size,
+            hidden_activation=args.hidden_activation, recurrent_init=args.recurrent_init, dtype=args.dtype,
+            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+            clip_norm=args.clip_norm or None, clip_value=args.clip_value, chunk_len=args.chunk_len,
+            batch_size=args.batch_size, steps=args.steps if args.steps is not None else 3000,
+            time_budget=args.time_budget, seed=args.seed, val_fraction=args.val_fraction,
+            log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every)
+        name = args.task or (Path(args.text).stem if args.text else "default-corpus")
+        out = Path(args.out) if args.out else _new_run_dir(name)
+        if (out / "checkpoint.npz").exists():
+            raise ValueError(f"--out {str(out)!r} already holds a run; continue it with --resume {out}, "
+                             f"or choose another folder")
+        trainer = Trainer(config, out)
+        print(f"training {trainer.model}")
+        print(f"data: {trainer.data.source}; baseline {trainer.data.baseline:.4f} ({trainer.data.baseline_note})")
+        print(f"output folder: {out}")
+    cfg = trainer.config
+
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = None
+    if not args.no_progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            # disable=None: a bar on a terminal, plain log lines when output goes to a file or pipe.
+            bar = tqdm(total=cfg.steps, initial=trainer.progress.step, unit="step", dynamic_ncols=True,
+                       disable=None, mininterval=0.5)
+            if bar.disable:
+                bar = None
+    say = bar.write if bar is not None else print
+
+    def on_log(row):
+        if bar is not None:
+            post = {"loss": f"{row.train_loss:.3f}", "val": f"{row.val_loss:.3f}"}
+            if row.tokens_per_s:
+                post["tok/s"] = f"{row.tokens_per_s:,.0f}"
+            bar.set_postfix(post, refresh=False)
+        else:
+            say(_format_row(row, cfg.steps))
+
+    def on_sample(step, text):
+        say(f"--- sample at step {step} ---\n{text}\n---")
+
+    try:
+        status = trainer.run(should_stop=stop, on_log=on_log, on_sample=on_sample,
+                             on_step=(lambda s: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    p = trainer.progress
+    final = p.rows[-1]
+    below = 1 - final["val_loss"] / trainer.data.baseline
+    print(f"step {p.step}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
+          f"({below:.0%} below the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+    if trainer.data.vocab is not None and status != "stopped":
+        print(f"--- sample (temperature 0.8) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
+    plot = out / LOSS_PLOT
+    print(f"wrote {out / 'checkpoint.npz'}, {out / METRICS}" + (f", {plot}" if plot.exists() else
+          " (no loss.png: install matplotlib, e.g. pip install 'rnngrad[cli]')"))
+    if status == "stopped":
+        name = signal.Signals(stop.signal).name
+        print(f"stopped by {name} at step {p.step}; checkpoint saved. Continue with: rnngrad train --resume {out}")
+        return 128 + int(stop.signal)
+    if status == "time":
+        print(f"time budget of {cfg.time_budget:g} s reached at step {p.step}")
+    return 0
+
+
+# --- sample --------------------------------------------------------------------------------
+
+def _load_for_sampling(path: Path):
+    from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from .data import Vocabulary
+
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    meta, arrays = load_checkpoint(path)
+    if not meta.get("vocab"):
+        raise CheckpointError(f"{str(path)!r} holds a model trained on a task, not on text; nothing to sample")
+    return model_from_checkpoint(meta, arrays), Vocabulary.from_json(meta["vocab"])
+
+
+def _cmd_sample(args) -> int:
+    from .sample import sample
+
+    model, vocab = _load_for_sampling(Path(args.checkpoint))
+    prime = args.prime.encode().decode("unicode_escape") if args.escapes else args.prime
+    text = sample(model, vocab, args.length, prime=prime, temperature=args.temperature, seed=args.seed)
+    sys.stdout.write(prime + text + "\n")
+    return 0
+
+
+# --- flow ----------------------------------------------------------------------------------
+
+def _cmd_flow(args) -> int:
+    from .diagnostics import flow_sweep, gradient_flow
+    from .plots import plot_flow
+
+    if args.checkpoint is not None:
+        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .train import TaskData, TextData, TrainConfig
+        from .data import Vocabulary
+
+        path = Path(args.checkpoint)
+        path = path / "checkpoint.npz" if path.is_dir() else path
+        meta, arrays = load_checkpoint(path)
+        model = model_from_checkpoint(meta, arrays)
+        config = TrainConfig.from_dict(meta.get("config", {}))
+        config.chunk_len = args.T
+        if config.task is not None:
+            data = TaskData(config)
+            x, y, mask = data.val_x[:, :args.batch_size], data.val_y[:, :args.batch_size], None
+        else:
+            data = TextData(config, vocab=Vocabulary.from_json(meta["vocab"]))
+            x, y, mask = data.val_x[:args.T], data.val_y[:args.T], None
+        results = [gradient_flow(model, x, y, mask=mask, label=f"trained {model.f.name}")]
+    else:
+        results = flow_sweep(hidden_activations=args.activations, scales=args.scales, T=args.T,
+                             batch_size=args.batch_size, hidden_size=args.hidden_size, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_flow(results, out)
+    print("| model | spectral radius of W_h | ‖dL/dh_1‖ | ‖dL/dh_T‖ | ‖dL/dh_1‖ / ‖dL/dh_T‖ |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.label} | {r.spectral_radius:.3f} | {r.norms[0]:.3e} | {r.norms[-1]:.3e} | {r.ratio:.3e} |")
+    print(f"\nloss at the last step only, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    from .optim import OPTIMIZERS
+    from .data import TASKS
+
+    p = sub.add_parser(
+        "train", formatter_class=_Formatter, help="train a model on text or a synthetic task",
+        description="Train a recurrent model. With no arguments: a character model on the default "
+                    "corpus (Python standard library sources already on this machine). Writes "
+                    "checkpoint.npz, metrics.jsonl and loss.png into the output folder; Ctrl-C saves a "
+                    "checkpoint and stops, and --resume continues exactly where it stopped.")
+    data = p.add_argument_group("data")
+    data.add_argument("--text", metavar="PATH", help="UTF-8 text file to model character by character "
+                      "(default: the built-in corpus)")
+    data.add_argument("--task", choices=sorted(TASKS), help="a synthetic task instead of text")
+    data.add_argument("--max-chars", type=_positive_int, help="use only the first N characters of the default corpus")
+    data.add_argument("--val-fraction", type=float, default=0.05, help="held-out share of the text")
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden-size", "-H", type=_positive_int, default=128, help="hidden units")
+    model.add_argument("--hidden-activation", "-f", default="tanh", choices=sorted(HIDDEN_ACTIVATIONS),
+                       help="hidden activation f")
+    model.add_argument("--recurrent-init", default="uniform", choices=["uniform", "identity", "orthogonal"],
+                       help="initialisation of W_h")
+    model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="optimizer")
+    opt.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate")
+    opt.add_argument("--momentum", type=float, default=0.0, help="momentum (sgd, rmsprop)")
+    opt.add_argument("--clip-norm", type=float, default=5.0, help="clip gradients to this global norm (0: off)")
+    opt.add_argument("--clip-value", type=_positive_float, default=None, help="clip each gradient entry to ±this")
+    opt.add_argument("--chunk-len", "-k", type=_positive_int, default=50,
+                     help="truncated-BPTT length for text; sequence length for tasks")
+    opt.add_argument("--batch-size", "-B", type=_positive_int, default=32, help="sequences per batch")
+    opt.add_argument("--steps", type=_positive_int, default=None, help="optimizer updates (default 3000; "
+                     "with --resume: the saved value, or a new total)")
+    opt.add_argument("--time-budget", type=_positive_float, default=None, help="stop after this many seconds of training")
+    opt.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and samples")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: a new folder runs/<date>-<time>-<data>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (other settings come from it)")
+    run.add_argument("--log-every", type=_positive_int, default=100, help="steps between metrics rows")
+    run.add_argument("--sample-every", type=_positive_int, default=1000, help="steps between printed samples (text)")
+    run.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("sample", formatter_class=_Formatter, help="generate text from a trained character model",
+                       description="Generate text from a checkpoint written by rnngrad train.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint.npz, or the run folder holding it")
+    p.add_argument("--length", "-n", type=int, default=500, help="characters to generate")
+    p.add_argument("--temperature", "-t", type=_positive_float, default=0.8,
+                   help="sampling temperature (lower: safer and more repetitive)")
+    p.add_argument("--prime", default="\n", help="text the sample continues (every character must be in the vocabulary)")
+    p.add_argument("--escapes", action="store_true", help=r"interpret backslash escapes in --prime, e.g. \n")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
+    p.set_defaults(run=_cmd_sample)
+
+    p = sub.add_parser(
+        "flow", formatter_class=_Formatter, help="plot how ‖dL/dh_t‖ vanishes or explodes back through time",
+        description="Gradient flow: with the loss at the last step only, plot ‖dL/dh_t‖ against t (log scale) for "
+                    "several hidden activations and W_h scales (W_h = scale × a random orthogonal matrix, so its "
+                    "spectral radius is the scale), plus a heatmap of |dL/dh_t| per unit, and print the ratio "
+                    "‖dL/dh_1‖ / ‖dL/dh_T‖ beside the spectral radius. With --checkpoint: the trained model on "
+                    "its own validation data.")
+    p.add_argument("--checkpoint", metavar="PATH", help="a trained model (checkpoint.npz or run folder) instead of fresh ones")
+    p.add_argument("--activations", nargs="+", default=["tanh", "relu", "sigmoid"], choices=sorted(HIDDEN_ACTIVATIONS),
+                   metavar="F", help="hidden activations to compare")
+    p.add_argument("--scales", nargs="+", type=_positive_float, default=[0.5, 1.0, 1.5], metavar="S",
+                   help="spectral radii of W_h to compare")
+    p.add_argument("-T", type=_positive_int, default=50, help="time steps")
+    p.add_argument("--batch-size", "-B", type=_positive_int, default=16, help="sequences")
+    p.add_argument("--hidden-size", "-H", type=_positive_int, default=32, help="hidden units (fresh models)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the models and data")
+    p.add_argument("--out", default="flow.png", help="PNG file to write")
+    p.set_defaults(run=_cmd_flow)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnngrad", formatter_class=_Formatter,
@@ -116,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_gradcheck)
     # Other commands live beside the code they drive; each module registers its own parser.
     # (one line per command below)
+    _add_train_parser(sub)
     return parser
 
 
@@ -124,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
-        # Bad input the library refused: one line, not a traceback.
+    except (ValueError, TypeError, OSError) as err:
+        # Bad input the library refused (or a file it could not read): one line, not a traceback.
         print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = ["plot_loss", "plot_flow", "save_figure"]
 
@@ -36,19 +37,7 @@ def save_figure(fig, path) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"path {path!r}: directory {directory!r} does not exist")
-    # Not tempfile.mkstemp: its 0600 mode would survive the rename; open(..., "x") honours the umask.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temporary file behind.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     return path
 
 

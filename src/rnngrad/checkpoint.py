@@ -1,0 +1,133 @@
+"""Checkpoints: one ``.npz`` file of arrays plus JSON metadata, written atomically, read without pickle.
+
+Layout of the file (a NumPy ``.npz``, i.e. a zip of ``.npy`` arrays):
+
+    meta                0-d unicode array: JSON with "format", "version", "model" (sizes,
+                        activation and loss names, dtype), and whatever the caller adds
+                        (training config, progress, optimizer numbers, vocabulary)
+    param/<name>        W_x, W_h, b_h, W_y, b_y
+    <group>/<name>      any other arrays the caller adds (optimizer slots, carried state)
+
+Why this format: ``np.load(..., allow_pickle=False)`` can read it and cannot run code,
+so a checkpoint received from someone else is safe to open; every array is plain
+``.npy``, readable from any language with a zip and an ``.npy`` reader.
+
+Why atomic: the file is written to a temporary name in the same folder, flushed and
+fsynced, then renamed over the old one (``os.replace`` is atomic on POSIX and Windows).
+A crash, Ctrl-C or full disk during a save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ._io import atomic_write
+from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from .losses import LOSSES
+from .model import RNN
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint",
+           "model_meta", "model_from_checkpoint", "FORMAT", "VERSION"]
+
+FORMAT = "rnngrad-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable rnngrad checkpoint (missing, truncated, corrupted or foreign)."""
+
+
+def model_meta(model: RNN) -> dict:
+    """What rebuilds ``model``'s structure: sizes, names of f, g and L_t, dtype, init."""
+    for role, obj, table in (("hidden_activation", model.f, HIDDEN_ACTIVATIONS),
+                             ("output_activation", model.g, OUTPUT_ACTIVATIONS),
+                             ("loss", model.loss_fn, LOSSES)):
+        if table.get(obj.name) is not type(obj):
+            raise TypeError(
+                f"cannot save a model whose {role} is a custom object ({obj!r}); checkpoints store "
+                f"built-in names only, so that loading one never runs code from the file"
+            )
+    return {
+        "input_size": model.input_size, "hidden_size": model.hidden_size,
+        "output_size": model.output_size, "hidden_activation": model.f.name,
+        "output_activation": model.g.name, "loss": model.loss_fn.name,
+        "dtype": model.dtype.name, "recurrent_init": model.recurrent_init,
+    }
+
+
+def save_checkpoint(path, model: RNN, meta: Mapping | None = None,
+                    arrays: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Atomically write ``model`` (and extra ``meta`` JSON and ``arrays``) to ``path``.
+
+    Parameters
+    ----------
+    path : file to write (conventionally ``checkpoint.npz``)
+    model : RNN with built-in activations and loss
+    meta : JSON-serialisable dict stored beside the model's description
+    arrays : extra arrays, keys of the form "group/name" (not "param/...")
+    """
+    content = {"format": FORMAT, "version": VERSION, "model": model_meta(model), **dict(meta or {})}
+    payload = {"meta": np.array(json.dumps(content))}
+    for name, value in model.params.items():
+        payload[f"param/{name}"] = np.asarray(value)
+    for key, value in (arrays or {}).items():
+        if key == "meta" or key.startswith("param/") or "/" not in key:
+            raise ValueError(f"extra array names must look like 'group/name' and not use 'param/'; got {key!r}")
+        payload[key] = np.asarray(value)
+    return atomic_write(path, lambda fh: np.savez(fh, **payload))
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """Read a checkpoint: returns (meta dict, arrays dict keyed as saved).
+
+    Raises CheckpointError for a missing, truncated, corrupted or foreign file, and
+    never unpickles anything.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable rnngrad checkpoint (truncated, corrupted or another "
+            f"kind of file): {err}") from None
+    if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
+        raise CheckpointError(f"{str(path)!r} is an .npz file but not an rnngrad checkpoint (no metadata)")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(path)!r} has corrupted metadata: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an rnngrad checkpoint (format {meta.get('format')!r})"
+                              if isinstance(meta, dict) else f"{str(path)!r} has corrupted metadata")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} is checkpoint format version {meta.get('version')!r}; this rnngrad reads "
+            f"version {VERSION}")
+    return meta, arrays
+
+
+def model_from_checkpoint(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> RNN:
+    """Rebuild the RNN saved by :func:`save_checkpoint` (parameters checked for shape and finiteness)."""
+    try:
+        m = dict(meta["model"])
+        model = RNN(m["input_size"], m["hidden_size"], m["output_size"],
+                    hidden_activation=m["hidden_activation"], output_activation=m["output_activation"],
+                    loss=m["loss"],
+                    dtype=np.dtype(m["dtype"]), recurrent_init=m.get("recurrent_init", "uniform"))
+        params = {name: arrays[f"param/{name}"] for name in model.params}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint metadata or parameters are incomplete or invalid: {err}") from None
+    model.params = params
+    try:
+        model.params = model.checked_params()
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint parameters are invalid: {err}") from None
+    return model

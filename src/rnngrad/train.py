@@ -1,0 +1,441 @@
+"""Training: mini-batches, truncated BPTT, validation, metrics, checkpoints and exact resume.
+
+Two kinds of data, one loop:
+
+* **Text** (a UTF-8 file, or :func:`rnngrad.data.default_corpus`): the token stream is cut
+  into B parallel streams read in chunks of k steps (:func:`rnngrad.data.make_streams`).
+  The final hidden state of a chunk is the h0 of the next (truncated BPTT: the state
+  flows across the cut, the gradient does not); it is reset to zeros at each epoch.
+* **Synthetic tasks** (:data:`rnngrad.data.TASKS`): a fixed training set of independent
+  sequences, shuffled per epoch, each batch starting from h0 = 0.
+
+Everything random is derived from ``config.seed`` and a counter (the epoch for the
+shuffle, the step for text samples), so the whole state of a run is the model, the
+optimizer, the step count, the carried hidden state and the running log window. A
+checkpoint saves exactly that, and a resumed run repeats the numbers of an
+uninterrupted one.
+
+The loss is the mean per counted step (``reduction="mean"``): nats per character for
+text, comparable with the uniform baseline ln V.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bptt import output_loss
+from ._io import atomic_write
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
+from .model import RNN, forward
+from .optim import clip_grad_norm, clip_grad_value, make_optimizer
+from .validation import check_choice, check_positive_int
+
+__all__ = ["TrainConfig", "Trainer", "TextData", "TaskData", "LogRow", "CHECKPOINT", "METRICS", "LOSS_PLOT"]
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved in the checkpoint so that ``--resume`` needs nothing else.
+
+    Data: ``task`` (one of :data:`rnngrad.data.TASKS`) or ``text`` (a file path); neither
+    means the default corpus (its first ``max_chars`` characters when set).
+    For text, ``chunk_len`` is the truncation length k; for tasks, the sequence length T.
+    ``steps`` counts optimizer updates; ``time_budget`` (seconds) stops earlier if set.
+    """
+
+    text: str | None = None
+    task: str | None = None
+    max_chars: int | None = None
+    hidden_size: int = 128
+    hidden_activation: str = "tanh"
+    recurrent_init: str = "uniform"
+    dtype: str = "float32"
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.0
+    clip_norm: float | None = 5.0
+    clip_value: float | None = None
+    chunk_len: int = 50
+    batch_size: int = 32
+    steps: int = 3000
+    time_budget: float | None = None
+    seed: int = 0
+    val_fraction: float = 0.05
+    task_train_size: int = 10_000
+    task_val_size: int = 1_000
+    log_every: int = 100
+    sample_every: int = 1000
+    sample_length: int = 200
+    checkpoint_every: int = 500
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError/TypeError for any bad setting, naming it."""
+        if self.task is not None:
+            check_choice("task", self.task, TASKS)
+            if self.text is not None:
+                raise ValueError("give either task or text, not both")
+        for name in ("hidden_size", "chunk_len", "batch_size", "steps", "task_train_size",
+                     "task_val_size", "log_every", "sample_every", "sample_length", "checkpoint_every"):
+            check_positive_int(name, getattr(self, name))
+        if self.max_chars is not None:
+            check_positive_int("max_chars", self.max_chars)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        for name in ("lr", "clip_norm", "clip_value", "time_budget"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number; got {v!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1); got {self.momentum!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Batch:
+    """x (T, B) tokens or (T, B, D) floats; y targets; mask (T, B) or None; carry: keep h0 from the last batch."""
+
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray | None
+    carry: bool
+
+
+class TextData:
+    """Character-level text as truncated-BPTT chunks; batch i of an epoch is chunk i of every stream."""
+
+    kind = "text"
+
+    def __init__(self, config: TrainConfig, vocab: Vocabulary | None = None):
+        k, B = config.chunk_len, config.batch_size
+        if config.text is not None:
+            text = load_text(config.text, min_length=2)
+            self.source = str(config.text)
+        else:
+            text = default_corpus(config.max_chars)
+            self.source = "default corpus (Python standard library sources)"
+        self.fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        self.vocab = vocab if vocab is not None else Vocabulary.from_text(text)
+        tokens = self.vocab.encode(text)
+        train, val = train_val_split(tokens, config.val_fraction)
+        if train.size < B * k + 1 or val.size < 2:
+            raise ValueError(
+                f"text is too short for one training chunk: {tokens.size} characters leave {train.size} for "
+                f"training, but batch_size={B} streams of chunk_len={k} steps need {B * k + 1} "
+                f"(and validation needs at least 2); use a longer text or smaller --batch-size/--chunk-len")
+        self.x, self.y = make_streams(train, B)  # (L, B) each
+        self.batches_per_epoch = self.x.shape[0] // k
+        self.k = k
+        # Validation: the held-out tail as streams too (fewer if it is short), read in chunks.
+        vB = max(1, min(B, (val.size - 1) // k))
+        self.val_x, self.val_y = make_streams(val, vB)
+        self.input_size = self.output_size = len(self.vocab)
+        self.output_activation, self.loss = "softmax", "cross_entropy"
+        self.baseline = math.log(len(self.vocab))
+        self.baseline_note = f"uniform guess over {len(self.vocab)} characters, ln V"
+        self.tokens_per_batch = k * B
+
+    def batch(self, step: int, config: TrainConfig) -> Batch:
+        i = step % self.batches_per_epoch
+        sl = slice(i * self.k, (i + 1) * self.k)
+        return Batch(self.x[sl], self.y[sl], None, carry=i != 0)
+
+    def val_loss(self, model: RNN) -> float:
+        """Mean loss per character over the held-out text, state carried across chunks."""
+        params = model.checked_params()
+        h = np.zeros((self.val_x.shape[1], model.hidden_size), dtype=model.dtype)
+        total, count = 0.0, 0
+        for t0 in range(0, self.val_x.shape[0], self.k):
+            x, y = self.val_x[t0:t0 + self.k], self.val_y[t0:t0 + self.k]
+            fwd = forward(params, x, h, model.f, model.g)
+            total += output_loss(fwd, y.reshape(-1), None, model.g, model.loss_fn)
+            count += y.size
+            h = fwd.h_last
+        return total / count
+
+
+class TaskData:
+    """A synthetic task: fixed training and validation sets, training shuffled per epoch."""
+
+    kind = "task"
+
+    def __init__(self, config: TrainConfig):
+        task = TASKS[config.task]
+        T, B = config.chunk_len, config.batch_size
+        if config.task_train_size < B:
+            raise ValueError(f"task_train_size={config.task_train_size} is smaller than batch_size={B}")
+        self.source = f"task {task.name}"
+        self.fingerprint = task.name
+        self.vocab = None
+        self.x, self.y, self.mask = task.make(config.task_train_size, T, np.random.default_rng([config.seed, 1]))
+        self.val_x, self.val_y, self.val_mask = task.make(config.task_val_size, T,
+                                                          np.random.default_rng([config.seed, 2]))
+        self.batches_per_epoch = config.task_train_size // B
+        self.input_size, self.output_size = task.input_size, task.output_size
+        self.output_activation, self.loss = task.output_activation, task.loss
+        self.baseline, self.baseline_note = task.baseline, task.baseline_note
+        self.tokens_per_batch = T * B
+        self._perm_epoch, self._perm = -1, None
+
+    def batch(self, step: int, config: TrainConfig) -> Batch:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        if epoch != self._perm_epoch:
+            # The shuffle of epoch e depends on (seed, e) only: resuming mid-epoch redraws the same order.
+            self._perm = np.random.default_rng([config.seed, 3, epoch]).permutation(self.x.shape[1])
+            self._perm_epoch = epoch
+        idx = self._perm[i * config.batch_size:(i + 1) * config.batch_size]
+        mask = None if self.mask is None else self.mask[:, idx]
+        return Batch(self.x[:, idx], self.y[:, idx], mask, carry=False)
+
+    def val_loss(self, model: RNN) -> float:
+        return model.loss(self.val_x, self.val_y, mask=self.val_mask, reduction="mean")
+
+
+@dataclass
+class LogRow:
+    """One line of metrics.jsonl."""
+
+    step: int
+    epoch: float
+    train_loss: float
+    val_loss: float
+    grad_norm: float | None
+    tokens_per_s: float | None
+    elapsed_s: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class Progress:
+    """The counters of a run (saved in the checkpoint)."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    window_loss: float = 0.0      # sum of training losses since the last log row
+    window_norm: float = 0.0      # sum of gradient norms since the last log row
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_time: float = 0.0
+    rows: list = field(default_factory=list)
+
+
+class Trainer:
+    """Runs (or resumes) a training run in ``out_dir``.
+
+    Files written there: ``checkpoint.npz`` (every ``checkpoint_every`` steps, at the end,
+    and when ``should_stop`` turns true), ``metrics.jsonl`` (one :class:`LogRow` per
+    ``log_every`` steps; the first row is logged before any update) and ``loss.png``.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir, *, model: RNN | None = None, data=None):
+        self.config = config.validate()
+        self.out_dir = Path(out_dir)
+        self.data = data if data is not None else (
+            TaskData(config) if config.task is not None else TextData(config))
+        d = self.data
+        self.model = model if model is not None else RNN(
+            d.input_size, config.hidden_size, d.output_size, hidden_activation=config.hidden_activation,
+            output_activation=d.output_activation, loss=d.loss, dtype=np.dtype(config.dtype),
+            seed=config.seed, recurrent_init=config.recurrent_init)
+        kw = {"momentum": config.momentum} if config.optimizer in ("sgd", "rmsprop") else {}
+        self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
+        self.progress = Progress()
+        self.h = None  # carried hidden state (text), (B, H)
+
+    # --- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def save(self) -> Path:
+        """Write checkpoint.npz atomically (then loss.png, best effort)."""
+        opt_state = self.optimizer.state_dict()
+        p = self.progress
+        meta = {
+            "config": asdict(self.config),
+            "optimizer": {"name": self.optimizer.name,
+                          **{k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}},
+            "progress": {k: v for k, v in asdict(p).items() if k != "rows"},
+            "data": {"kind": self.data.kind, "source": self.data.source, "fingerprint": self.data.fingerprint},
+            "vocab": None if self.data.vocab is None else self.data.vocab.to_json(),
+        }
+        arrays = {f"optim/{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
+        if self.h is not None:
+            arrays["state/h"] = self.h
+        path = save_checkpoint(self.checkpoint_path, self.model, meta, arrays)
+        self.write_plot()
+        return path
+
+    @classmethod
+    def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None) -> "Trainer":
+        """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit)."""
+        out_dir = Path(out_dir)
+        meta, arrays = load_checkpoint(out_dir / CHECKPOINT)
+        try:
+            config = TrainConfig.from_dict(meta["config"])
+            if steps is not None:
+                config.steps = steps
+            if time_budget is not None:
+                config.time_budget = time_budget
+            vocab = None if meta.get("vocab") is None else Vocabulary.from_json(meta["vocab"])
+            data = TaskData(config) if config.task is not None else TextData(config, vocab=vocab)
+            if data.fingerprint != meta["data"]["fingerprint"]:
+                raise CheckpointError(
+                    f"the training data changed since the checkpoint was written ({data.source}); "
+                    f"resume needs the same data")
+            model = model_from_checkpoint(meta, arrays)
+            trainer = cls(config, out_dir, model=model, data=data)
+            opt = {k: v for k, v in meta["optimizer"].items() if k != "name"}
+            opt.update({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+            if meta["optimizer"]["name"] != trainer.optimizer.name:
+                raise CheckpointError(f"checkpoint optimizer {meta['optimizer']['name']!r} does not match")
+            trainer.optimizer.load_state_dict(opt)
+            trainer.progress = Progress(**meta["progress"])
+            trainer.h = arrays.get("state/h")
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint in {str(out_dir)!r} is incomplete: {err}") from None
+        # Keep exactly the metric rows the checkpoint has seen; later ones (written after
+        # the last save, before the interruption) are recomputed by the resumed run.
+        trainer.progress.rows = [r for r in trainer.read_metrics() if r["step"] <= trainer.progress.step]
+        atomic_write(out_dir / METRICS, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in trainer.progress.rows)),
+                     mode="w")
+        return trainer
+
+    def read_metrics(self) -> list[dict]:
+        path = self.out_dir / METRICS
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: everything after it is redone
+        return rows
+
+    def write_plot(self) -> Path | None:
+        """loss.png from the rows so far; None when matplotlib is not installed."""
+        try:
+            from .plots import plot_loss
+        except ImportError:
+            return None
+        try:
+            return plot_loss(self.progress.rows, self.out_dir / LOSS_PLOT, baseline=self.data.baseline,
+                             baseline_label=f"baseline: {self.data.baseline_note}")
+        except ImportError:
+            return None
+
+    # --- the loop ------------------------------------------------------------------------
+    def _log(self, val_loss: float, first_loss: float | None = None) -> LogRow:
+        p = self.progress
+        if first_loss is not None:  # the row before any update
+            train_loss, grad_norm, tps = first_loss, None, None
+        else:
+            train_loss = p.window_loss / p.window_steps
+            grad_norm = p.window_norm / p.window_steps
+            tps = p.window_tokens / p.window_time if p.window_time > 0 else None
+        row = LogRow(step=p.step, epoch=p.step / self.data.batches_per_epoch, train_loss=train_loss,
+                     val_loss=val_loss, grad_norm=grad_norm, tokens_per_s=tps, elapsed_s=p.elapsed_s)
+        p.rows.append(asdict(row))
+        p.window_loss = p.window_norm = p.window_time = 0.0
+        p.window_steps = p.window_tokens = 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
+            fh.write(row.to_json() + "\n")
+        return row
+
+    def step(self) -> float:
+        """One optimizer update; returns the batch loss before it."""
+        cfg, p = self.config, self.progress
+        b = self.data.batch(p.step, cfg)
+        h0 = self.h if (b.carry and self.h is not None) else None
+        res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=())
+        grads = res.grads
+        norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
+        if cfg.clip_value:
+            clip_grad_value(grads, cfg.clip_value)
+        if not math.isfinite(norm):
+            raise FloatingPointError(
+                f"the gradient norm is {norm} at step {p.step}: training diverged; lower --lr or set --clip-norm")
+        self.optimizer.step(grads)
+        if self.data.kind == "text":
+            self.h = res.h_last
+        p.step += 1
+        p.window_loss += res.loss
+        p.window_norm += norm
+        p.window_steps += 1
+        p.window_tokens += self.data.tokens_per_batch
+        return res.loss
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False,
+            on_log: Callable[[LogRow], None] | None = None,
+            on_sample: Callable[[int, str], None] | None = None,
+            on_step: Callable[[int], None] | None = None) -> str:
+        """Train until ``config.steps`` (or the time budget); returns "done", "time" or "stopped".
+
+        ``should_stop`` is polled after every step (the CLI sets it from SIGINT/SIGTERM);
+        when it turns true the run saves its checkpoint and returns "stopped".
+        """
+        cfg, p = self.config, self.progress
+        if p.step == 0 and not p.rows:
+            first = self.data.batch(0, cfg)
+            loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean")
+            row = self._log(self.data.val_loss(self.model), first_loss=loss0)
+            if on_log:
+                on_log(row)
+        status = "done"
+        while p.step < cfg.steps:
+            if cfg.time_budget is not None and p.elapsed_s >= cfg.time_budget:
+                status = "time"
+                break
+            t0 = time.perf_counter()
+            self.step()
+            dt = time.perf_counter() - t0
+            p.elapsed_s += dt
+            p.window_time += dt
+            if on_step:
+                on_step(p.step)
+            if p.step % cfg.log_every == 0 or p.step == cfg.steps:
+                row = self._log(self.data.val_loss(self.model))
+                if on_log:
+                    on_log(row)
+            if on_sample and self.data.vocab is not None and p.step % cfg.sample_every == 0:
+                on_sample(p.step, self.sample(cfg.sample_length, seed=[cfg.seed, 4, p.step]))
+            if p.step % cfg.checkpoint_every == 0:
+                self.save()
+            if should_stop():
+                status = "stopped"
+                break
+        # A run cut by its time budget logs its last partial window; a stopped run keeps the
+        # window in the checkpoint instead, so the resumed run logs the same rows as an unbroken one.
+        if status == "time" and p.window_steps:
+            row = self._log(self.data.val_loss(self.model))
+            if on_log:
+                on_log(row)
+        self.save()
+        return status
+
+    def sample(self, length: int, seed=None, prime: str = "\n", temperature: float = 0.8) -> str:
+        from .sample import sample
+
+        return sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)
