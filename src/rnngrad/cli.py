@@ -222,9 +222,11 @@ def _cmd_sample(args) -> int:
     from .sample import sample
 
     model, vocab = _load_for_sampling(Path(args.checkpoint))
-    prime = args.prime.encode().decode("unicode_escape") if args.escapes else args.prime
+    prime = args.prime
+    if prime is not None and args.escapes:
+        prime = prime.encode().decode("unicode_escape")
     text = sample(model, vocab, args.length, prime=prime, temperature=args.temperature, seed=args.seed)
-    sys.stdout.write(prime + text + "\n")
+    sys.stdout.write((prime or "") + text + "\n")
     return 0
 
 
@@ -318,7 +320,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--length", "-n", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", "-t", type=_positive_float, default=0.8,
                    help="sampling temperature (lower: safer and more repetitive)")
-    p.add_argument("--prime", default="\n", help="text the sample continues (every character must be in the vocabulary)")
+    p.add_argument("--prime", default=None, help="text the sample continues, every character in the vocabulary "
+                   "(default: a newline, or the vocabulary's first character if it has none)")
     p.add_argument("--escapes", action="store_true", help=r"interpret backslash escapes in --prime, e.g. \n")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
     p.set_defaults(run=_cmd_sample)

@@ -12,7 +12,7 @@ from .model import RNN, forward
 __all__ = ["sample"]
 
 
-def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str = "\n", temperature: float = 1.0,
+def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = None, temperature: float = 1.0,
            seed=None) -> str:
     """Generate ``length`` characters after ``prime``.
 
@@ -25,7 +25,8 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str = "\n", tem
     model : RNN trained on token indices of ``vocab`` (input_size = output_size = len(vocab))
     vocab : Vocabulary
     length : int >= 0, characters to generate
-    prime : str, at least one character, every one in ``vocab``
+    prime : str, at least one character, every one in ``vocab``; default a newline if the
+        vocabulary has one, else its first character
     temperature : float > 0
     seed : int, sequence of ints or numpy.random.Generator
 
@@ -37,6 +38,8 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str = "\n", tem
         raise ValueError(f"length must be a non-negative integer; got {length!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+    if prime is None:
+        prime = "\n" if "\n" in vocab.index else vocab.chars[0]
     if not isinstance(prime, str) or not prime:
         raise ValueError("prime must be a non-empty string (the text the sample continues)")
     if model.input_size != len(vocab) or model.output_size != len(vocab):

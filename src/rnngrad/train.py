@@ -374,10 +374,15 @@ class Trainer:
         norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
         if cfg.clip_value:
             clip_grad_value(grads, cfg.clip_value)
-        if not math.isfinite(norm):
+        if not (math.isfinite(norm) and math.isfinite(res.loss)):
             raise FloatingPointError(
-                f"the gradient norm is {norm} at step {p.step}: training diverged; lower --lr or set --clip-norm")
+                f"training diverged at step {p.step}: loss {res.loss}, gradient norm {norm}; "
+                f"lower --lr or set --clip-norm")
         self.optimizer.step(grads)
+        if not all(np.isfinite(v).all() for v in self.model.params.values()):
+            raise FloatingPointError(
+                f"training diverged at step {p.step}: the parameters overflowed to Inf/NaN; "
+                f"lower --lr or set --clip-norm")
         if self.data.kind == "text":
             self.h = res.h_last
         p.step += 1
@@ -435,7 +440,7 @@ class Trainer:
         self.save()
         return status
 
-    def sample(self, length: int, seed=None, prime: str = "\n", temperature: float = 0.8) -> str:
+    def sample(self, length: int, seed=None, prime: str | None = None, temperature: float = 0.8) -> str:
         from .sample import sample
 
         return sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)

@@ -1,0 +1,122 @@
+"""Checkpoints: round trip, atomic save, and clear errors for bad files; never pickle."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnngrad
+import rnngrad.checkpoint as ckpt
+from rnngrad.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+
+@pytest.fixture
+def model():
+    return rnngrad.RNN(3, 4, 2, hidden_activation="relu", output_activation="sigmoid", loss="cross_entropy",
+                       dtype=np.float32, seed=0, recurrent_init="identity")
+
+
+def test_round_trip(tmp_path, model):
+    path = save_checkpoint(tmp_path / "c.npz", model, {"note": "hi"}, {"state/h": np.ones((2, 4))})
+    meta, arrays = load_checkpoint(path)
+    assert meta["note"] == "hi" and meta["model"]["loss"] == "binary_cross_entropy"
+    np.testing.assert_array_equal(arrays["state/h"], np.ones((2, 4)))
+    again = model_from_checkpoint(meta, arrays)
+    assert repr(again) == repr(model) and again.recurrent_init == "identity"
+    for k in model.params:
+        np.testing.assert_array_equal(again.params[k], model.params[k])
+        assert again.params[k].dtype == np.float32
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, model, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.npz", model)
+    before = path.read_bytes()
+    model.params["W_h"][...] = 7.0
+
+    def half_then_interrupt(fh, **arrays):
+        fh.write(b"PK\x03\x04 partial zip")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(np, "savez", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left
+    meta, arrays = load_checkpoint(path)
+    assert not np.all(arrays["param/W_h"] == 7.0)
+
+
+def test_file_permissions_follow_the_umask(tmp_path, model):
+    path = save_checkpoint(tmp_path / "c.npz", model)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def make_bad_files(tmp_path, good: Path):
+    data = good.read_bytes()
+    files = {
+        "truncated": data[: len(data) // 2],
+        "random": np.random.default_rng(0).bytes(2000),
+        "empty": b"",
+        "text": b"hello, I am not a checkpoint\n",
+    }
+    buf = io.BytesIO()
+    np.savez(buf, W=np.ones(3))
+    files["foreign npz"] = buf.getvalue()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps({"format": "something-else"})))
+    files["foreign format"] = buf.getvalue()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps({"format": "rnngrad-checkpoint", "version": 99})))
+    files["future version"] = buf.getvalue()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array([{"format": "rnngrad-checkpoint"}], dtype=object))  # would need pickle
+    files["pickled"] = buf.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(buf, "w") as dst:
+        for item in src.infolist():
+            content = src.read(item)
+            if item.filename == "param/W_h.npy":
+                content = content[:-8]  # a corrupted member
+            dst.writestr(item, content)
+    files["corrupted member"] = buf.getvalue()
+    out = {}
+    for name, content in files.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.npz"
+        p.write_bytes(content)
+        out[name] = p
+    return out
+
+
+def test_bad_files_raise_checkpoint_error(tmp_path, model):
+    good = save_checkpoint(tmp_path / "good.npz", model)
+    for name, path in make_bad_files(tmp_path, good).items():
+        with pytest.raises(CheckpointError) as info:
+            meta, arrays = load_checkpoint(path)
+            model_from_checkpoint(meta, arrays)
+        assert str(path) in str(info.value) or "checkpoint" in str(info.value), name
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.npz")
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_parameters_of_the_wrong_shape_are_refused(tmp_path, model):
+    path = save_checkpoint(tmp_path / "c.npz", model)
+    meta, arrays = load_checkpoint(path)
+    arrays["param/W_h"] = np.zeros((3, 3), dtype=np.float32)
+    with pytest.raises(CheckpointError, match=r"params\['W_h'\] must have shape \(4, 4\)"):
+        model_from_checkpoint(meta, arrays)
+
+
+def test_custom_objects_are_not_saved(tmp_path):
+    class MyTanh(rnngrad.Tanh):
+        pass
+
+    m = rnngrad.RNN(2, 3, 2, hidden_activation=MyTanh())
+    with pytest.raises(TypeError, match="custom object"):
+        save_checkpoint(tmp_path / "c.npz", m)
+    assert not (tmp_path / "c.npz").exists()

@@ -1,0 +1,161 @@
+"""rnngrad train / sample / flow end to end, as a user runs them (subprocesses)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TEXT = "It was the best of times, it was the worst of times; " * 60 + "it was the age of wisdom. " * 60
+SMALL = ["--hidden-size", "16", "--chunk-len", "10", "--batch-size", "4", "--log-every", "10",
+         "--checkpoint-every", "20", "--sample-every", "1000", "--dtype", "float64", "--no-progress"]
+
+
+def rnngrad(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "rnngrad", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "dickens.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return p
+
+
+def rows(run_dir):
+    return [json.loads(s) for s in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rs):
+    return [{k: r[k] for k in ("step", "train_loss", "val_loss", "grad_norm")} for r in rs]
+
+
+def test_train_then_sample_then_flow(tmp_path, text_file):
+    out = tmp_path / "run"
+    p = rnngrad("train", "--text", text_file, "--steps", 60, "--out", out, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert "output folder" in p.stdout and "below the baseline" in p.stdout and "--- sample" in p.stdout
+    assert {f.name for f in out.iterdir()} == {"checkpoint.npz", "metrics.jsonl", "loss.png"}
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = rows(out)
+    assert r[0]["step"] == 0 and r[-1]["step"] == 60
+    assert set(r[1]) >= {"step", "train_loss", "val_loss", "tokens_per_s", "grad_norm"}
+    assert r[-1]["val_loss"] < r[0]["val_loss"]
+
+    s = rnngrad("sample", "--checkpoint", out, "--length", 80, "--prime", "It was", "--seed", 1)
+    assert s.returncode == 0, s.stderr
+    assert s.stdout.startswith("It was") and len(s.stdout) == len("It was") + 80 + 1
+    assert s.stdout == rnngrad("sample", "--checkpoint", out / "checkpoint.npz", "--length", 80,
+                               "--prime", "It was", "--seed", 1).stdout
+
+    f = rnngrad("flow", "--checkpoint", out, "-T", 20, "--out", tmp_path / "trained_flow.png")
+    assert f.returncode == 0, f.stderr
+    assert "| trained tanh |" in f.stdout and (tmp_path / "trained_flow.png").stat().st_size > 1000
+
+
+def test_default_run_folder_is_new_and_named(tmp_path, text_file):
+    p = rnngrad("train", "--text", text_file, "--steps", 5, *SMALL, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.endswith("-dickens") and f"output folder: runs/{run.name}" in p.stdout
+    again = rnngrad("train", "--text", text_file, "--steps", 5, "--out", f"runs/{run.name}", *SMALL, cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path, text_file):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "rnngrad", "train", "--text", str(text_file), "--steps",
+                             "1000000", "--out", str(out), *SMALL], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and len(rows(out)) >= 4:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert "stopped by SIGINT" in stdout and f"rnngrad train --resume {out}" in stdout
+    assert "Traceback" not in stderr
+    saved = json.loads(str(__import__("numpy").load(out / "checkpoint.npz")["meta"]))["progress"]["step"]
+    total = saved + 25
+    p = rnngrad("train", "--resume", out, "--steps", total)
+    assert p.returncode == 0, p.stderr
+    assert f"resuming {out} at step {saved}" in p.stdout
+    ref = tmp_path / "uninterrupted"
+    p = rnngrad("train", "--text", text_file, "--steps", total, "--out", ref, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert comparable(rows(out)) == comparable(rows(ref))
+
+
+def test_sigterm_also_saves(tmp_path, text_file):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rnngrad", "train", "--text", str(text_file), "--steps",
+                             "1000000", "--out", str(out), *SMALL], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stdout and (out / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"\x00\x01\x02binary\xff\xfe" * 50, ""),
+    (b"caf\xe9 au lait " * 100, "UTF-8"),
+    (b"too short", "too short"),
+])
+def test_bad_text_files_give_one_line_errors(tmp_path, content, message):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(content)
+    r = rnngrad("train", "--text", p, "--steps", 5, "--out", tmp_path / "run", *SMALL)
+    assert r.returncode == 2
+    assert r.stderr.startswith("rnngrad train: error:") and message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_files_and_bad_checkpoints(tmp_path):
+    r = rnngrad("train", "--text", tmp_path / "nope.txt", "--steps", 5, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "nope.txt" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    for args in (["sample", "--checkpoint", bad], ["train", "--resume", tmp_path], ["flow", "--checkpoint", bad]):
+        r = rnngrad(*args)
+        assert r.returncode == 2, args
+        assert "checkpoint" in r.stderr and "Traceback" not in r.stderr, args
+
+
+def test_task_training_and_sampling_refusal(tmp_path):
+    out = tmp_path / "adding"
+    r = rnngrad("train", "--task", "adding", "--chunk-len", 20, "--steps", 30, "--hidden-size", 8, "--out", out,
+                "--log-every", 10, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "baseline 0.1667 (MSE of always predicting 1)" in r.stdout
+    s = rnngrad("sample", "--checkpoint", out)
+    assert s.returncode == 2 and "not on text" in s.stderr
+
+
+def test_flow_on_fresh_models(tmp_path):
+    png = tmp_path / "flow.png"
+    r = rnngrad("flow", "--activations", "tanh", "relu", "--scales", "0.5", "1.5", "-T", "30", "--out", png)
+    assert r.returncode == 0, r.stderr
+    table = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and "model" not in ln]
+    assert len(table) == 4
+    ratios = {ln.split("|")[1].strip(): float(ln.split("|")[5]) for ln in table}
+    # ρ(W_h) = 0.5 shrinks the gradient at every step back; 1.5 with ReLU makes it grow.
+    assert ratios["tanh, ρ(W_h)=0.5"] < 1e-3 and ratios["relu, ρ(W_h)=1.5"] > 1
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_for_every_command():
+    for cmd in ("train", "sample", "flow", "gradcheck"):
+        r = rnngrad(cmd, "--help")
+        assert r.returncode == 0 and "default" in r.stdout, cmd

@@ -1,0 +1,61 @@
+"""Sampling from a character model."""
+
+import numpy as np
+import pytest
+
+import rnngrad
+from rnngrad.data import Vocabulary
+from rnngrad.sample import sample
+
+
+@pytest.fixture
+def vocab():
+    return Vocabulary("abcd")
+
+
+def fixed_output_model(vocab, logits):
+    """A model whose output ignores its state: y_hat = softmax(b_y)."""
+    m = rnngrad.RNN(len(vocab), 3, len(vocab), seed=0)
+    m.params["W_y"][...] = 0
+    m.params["b_y"][...] = logits
+    return m
+
+
+def test_draws_follow_softmax_of_logits_over_temperature(vocab):
+    logits = np.array([2.0, 1.0, 0.0, -1.0])
+    for temperature in (0.5, 1.0, 2.0):
+        text = sample(fixed_output_model(vocab, logits), vocab, 20000, temperature=temperature, seed=1,
+                      prime="a")
+        freq = np.array([text.count(c) for c in "abcd"]) / len(text)
+        p = np.exp(logits / temperature)
+        p /= p.sum()
+        # 20000 draws: the standard error of each frequency is below 0.0036.
+        np.testing.assert_allclose(freq, p, atol=0.015)
+
+
+def test_seeded_and_deterministic(vocab):
+    m = rnngrad.RNN(4, 8, 4, seed=2)
+    a = sample(m, vocab, 50, prime="ab", seed=7)
+    assert len(a) == 50 and set(a) <= set("abcd")
+    assert a == sample(m, vocab, 50, prime="ab", seed=7)
+    assert a != sample(m, vocab, 50, prime="ab", seed=8)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prime="xyz"), "not in the vocabulary"),
+    (dict(prime=""), "prime must be a non-empty string"),
+    (dict(temperature=0.0), "temperature must be a positive number"),
+    (dict(length=-1), "length must be a non-negative integer"),
+])
+def test_bad_arguments(vocab, kwargs, match):
+    m = rnngrad.RNN(4, 8, 4, seed=2)
+    args = dict(length=5, prime="a")
+    args.update(kwargs)
+    length = args.pop("length")
+    with pytest.raises(ValueError, match=match):
+        sample(m, vocab, length, **args)
+
+
+def test_model_and_vocabulary_must_match(vocab):
+    with pytest.raises(ValueError, match="vocabulary has 4 characters"):
+        sample(rnngrad.RNN(5, 8, 5), vocab, 5)

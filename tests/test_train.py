@@ -1,0 +1,147 @@
+"""Training loop: truncated BPTT, exact resume, checkpoints, time budget, learning."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import rnngrad
+from rnngrad.checkpoint import CheckpointError, load_checkpoint
+from rnngrad.train import TrainConfig, Trainer
+
+TEXT = ("the quick brown fox jumps over the lazy dog. " * 40
+        + "pack my box with five dozen liquor jugs! " * 40)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return str(p)
+
+
+def small(text_file=None, **kw):
+    base = dict(text=text_file, hidden_size=12, chunk_len=8, batch_size=4, steps=30, log_every=5,
+                checkpoint_every=7, sample_every=1000, seed=3, dtype="float64", val_fraction=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def comparable(rows):
+    """Metrics that must repeat exactly (timings cannot)."""
+    return [{k: r[k] for k in ("step", "epoch", "train_loss", "val_loss", "grad_norm")} for r in rows]
+
+
+@pytest.mark.parametrize("kind", ["text", "adding", "copy"])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, text_file, kind):
+    cfg = small(text_file) if kind == "text" else small(task=kind, chunk_len=12, task_train_size=24,
+                                                        task_val_size=8)
+    # Three batches per epoch for tasks, so the run crosses several reshuffles.
+    whole = Trainer(cfg, tmp_path / "whole")
+    assert whole.run() == "done"
+    part = Trainer(cfg, tmp_path / "part")
+    assert part.run(should_stop=lambda: part.progress.step == 17) == "stopped"
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.npz")[0]["progress"]["step"] == 17
+    resumed = Trainer.resume(tmp_path / "part")
+    assert resumed.progress.step == 17
+    assert resumed.run() == "done"
+    rows_whole = [json.loads(s) for s in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    rows_part = [json.loads(s) for s in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert comparable(rows_part) == comparable(rows_whole)
+    assert [r["step"] for r in rows_whole] == [0, 5, 10, 15, 20, 25, 30]
+    for name in whole.model.params:
+        np.testing.assert_array_equal(resumed.model.params[name], whole.model.params[name])
+    for key, value in whole.optimizer.state_dict().items():
+        np.testing.assert_array_equal(resumed.optimizer.state_dict()[key], value)
+
+
+def test_resume_drops_metric_rows_written_after_the_last_checkpoint(tmp_path, text_file):
+    cfg = small(text_file, checkpoint_every=10)
+    t = Trainer(cfg, tmp_path)
+    t.run(should_stop=lambda: t.progress.step == 10)
+    # Simulate a crash after more rows were appended but before the next save, with a cut line.
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 15, "train_loss": 0.0}) + "\n" + '{"step": 20, "tra')
+    r = Trainer.resume(tmp_path)
+    assert [row["step"] for row in r.progress.rows] == [0, 5, 10]
+    r.run()
+    steps = [json.loads(s)["step"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 5, 10, 15, 20, 25, 30]
+
+
+def test_truncated_bptt_carries_the_state_of_one_long_forward_pass(tmp_path, text_file):
+    """With updates too small to change any parameter, the state carried over k-step chunks
+    equals the state of a single forward pass over the whole stream."""
+    cfg = small(text_file, optimizer="sgd", lr=1e-300, steps=5, clip_norm=None)
+    t = Trainer(cfg, tmp_path)
+    before = {k: v.copy() for k, v in t.model.params.items()}
+    t.run()
+    for k in before:
+        np.testing.assert_array_equal(t.model.params[k], before[k])
+    whole = t.model.forward(t.data.x[:5 * cfg.chunk_len])
+    np.testing.assert_allclose(t.h, whole.h_last, rtol=1e-13, atol=1e-14)
+
+
+def test_first_row_is_the_untrained_loss(tmp_path, text_file):
+    t = Trainer(small(text_file, steps=5), tmp_path)
+    t.run()
+    first = t.progress.rows[0]
+    assert first["step"] == 0 and first["grad_norm"] is None
+    # An untrained model with small weights is close to the uniform guess ln V.
+    assert abs(first["val_loss"] - math.log(len(t.data.vocab))) < 0.1
+
+
+def test_training_learns_text_and_a_task(tmp_path, text_file):
+    t = Trainer(small(text_file, hidden_size=32, steps=150, lr=1e-2), tmp_path / "text")
+    t.run()
+    assert t.progress.rows[-1]["val_loss"] < 0.6 * t.data.baseline
+    s = Trainer(small(task="sine", chunk_len=20, steps=200, lr=1e-2, task_train_size=256, batch_size=16,
+                      hidden_size=16), tmp_path / "sine")
+    s.run()
+    assert s.progress.rows[-1]["val_loss"] < 0.2 * s.data.baseline
+
+
+def test_time_budget_stops_and_logs_the_partial_window(tmp_path, text_file):
+    t = Trainer(small(text_file, steps=10**6, time_budget=0.2, log_every=10**5), tmp_path)
+    assert t.run() == "time"
+    assert 0 < t.progress.step < 10**6
+    assert t.progress.rows[-1]["step"] == t.progress.step
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[0]["progress"]["step"] == t.progress.step
+
+
+def test_resume_refuses_changed_data(tmp_path, text_file):
+    t = Trainer(small(text_file, steps=3), tmp_path / "run")
+    t.run()
+    with open(text_file, "a", encoding="utf-8") as fh:
+        fh.write("more text")
+    with pytest.raises(CheckpointError, match="training data changed"):
+        Trainer.resume(tmp_path / "run")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(task="nope"), "unknown task 'nope'"),
+    (dict(task="adding", text="x.txt"), "either task or text"),
+    (dict(lr=-1.0), "lr must be a positive number"),
+    (dict(batch_size=0), "batch_size must be a positive integer"),
+    (dict(dtype="float16"), "unknown dtype 'float16'"),
+    (dict(momentum=1.5), "momentum must lie in"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs).validate()
+
+
+def test_text_too_short_for_one_chunk(tmp_path):
+    p = tmp_path / "short.txt"
+    p.write_text("abcdefghij" * 3)
+    with pytest.raises(ValueError, match=r"too short for one training chunk.*batch_size=4.*chunk_len=8"):
+        Trainer(small(str(p)), tmp_path / "run")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_diverging_run_stops_with_a_clear_error(tmp_path, text_file):
+    # float32 overflows at 3.4e38: an update of 1e38 times the gradient soon does.
+    t = Trainer(small(text_file, optimizer="sgd", lr=1e38, clip_norm=None, steps=50, dtype="float32"), tmp_path)
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        t.run()
