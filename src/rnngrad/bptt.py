@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from . import _kernels
 from .activations import Activation
 from .losses import Loss, fused_path
 
@@ -125,13 +126,24 @@ def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarr
     return _weighted_sum(rows, w), da, (dy_hat if want_dy_hat else None)
 
 
-def _fresh(arr, like: np.ndarray) -> np.ndarray:
-    """``arr`` as a writable C-contiguous array of like's shape and dtype, not sharing like's memory."""
-    arr = np.asarray(arr, dtype=like.dtype)
-    if (arr.shape != like.shape or not arr.flags.writeable or not arr.flags.c_contiguous
-            or np.may_share_memory(arr, like)):
-        arr = np.array(np.broadcast_to(arr, like.shape), dtype=like.dtype)
-    return arr
+# f'(z) is evaluated this many elements at a time (1 MiB of float32).
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def derivative_blocks(f: Activation, z: np.ndarray | None, h: np.ndarray) -> np.ndarray:
+    """f'(z_t) for every t as a new (T, B, H) array, computed a block of steps at a time.
+
+    One call per block, not per step, keeps the call overhead small; blocks keep the
+    temporaries of f.derivative (1 - h*h makes two) to a block instead of two (T, B, H)
+    arrays, which would raise the peak memory of a gradients call by 2·T·B·H elements.
+    """
+    T = h.shape[0]
+    dz = np.empty_like(h)
+    step = max(1, _BLOCK_ELEMENTS // max(1, h[0].size))
+    for s in range(0, T, step):
+        block = slice(s, s + step)
+        dz[block] = f.derivative(None if z is None else z[block], h[block])
+    return dz
 
 
 def input_weight_grad(x: np.ndarray, dz: np.ndarray, D: int) -> np.ndarray:
@@ -177,18 +189,25 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     L, da, dy_hat = output_backward(cache.a.reshape(N, -1), cache.y_hat.reshape(N, -1), y, w,
                                     g, loss, want_dy_hat="y_hat" in need)
     dW_y = np.dot(da.T, h_rows)
-    db_y = da.sum(axis=0)
+    # Column sums as a product with a ones vector: NumPy's sum over the long axis of an
+    # (N, small) array runs row by row and is ten times slower than this BLAS call.
+    ones = np.ones(N, dtype=da.dtype)
+    db_y = np.dot(ones, da)
 
     # §3B: dh starts as the direct term da_t W_y and gains the recursive term in the loop;
     # dz starts as f'(z_t) for every t (one vectorised call) and is scaled by dh_t in place.
     dh = np.dot(da, W_y).reshape(T, B, H)
-    dz = _fresh(f.derivative(cache.z, h), h)
-    rec = np.empty((B, H), dtype=h.dtype)
-    dz[T - 1] *= dh[T - 1]
-    for t in range(T - 2, -1, -1):
-        np.dot(dz[t + 1], W_h, out=rec)
-        dh[t] += rec
-        dz[t] *= dh[t]
+    kind = _kernels.recurrence_kind(f, h) if cache.z is None else None
+    if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
+        dz = _kernels.backward_recurrence(dh, h, W_h, kind)
+    else:
+        dz = derivative_blocks(f, cache.z, h)
+        rec = np.empty((B, H), dtype=h.dtype)
+        dz[T - 1] *= dh[T - 1]
+        for t in range(T - 2, -1, -1):
+            np.dot(dz[t + 1], W_h, out=rec)
+            dh[t] += rec
+            dz[t] *= dh[t]
 
     # §3C: parameter gradients as single products over all steps.
     dz_rows = dz.reshape(N, H)
@@ -200,7 +219,7 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
         "b_y": db_y,
         "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1]),
         "W_h": dW_h,
-        "b_h": dz_rows.sum(axis=0),
+        "b_h": np.dot(ones, dz_rows),
         "h": dh,
     }
     if "y_hat" in need:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, bench
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_gradcheck)
     # Other commands live beside the code they drive; each module registers its own parser.
     # (one line per command below)
+    bench.register(sub)
     _add_train_parser(sub)
     return parser
 

@@ -20,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import _kernels
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from .bptt import Gradients, backward, loss_weights, output_loss
 from .losses import LOSSES, Loss, resolve_loss
@@ -102,19 +103,23 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     keep_z = f.derivative_needs_input
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
     h = np.empty_like(z) if keep_z else z
-    # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
-    W_hT = np.ascontiguousarray(W_h.T)
-    rec = np.empty((B, H), dtype=z.dtype)
-    h_prev = h0
-    for t in range(T):
-        z_t = z[t]
-        np.dot(h_prev, W_hT, out=rec)
-        z_t += rec
-        h_t = h[t]
-        r = f.fn(z_t, out=h_t)
-        if r is not h_t:  # a user's activation may return a new array instead
-            h_t[...] = r
-        h_prev = h_t
+    kind = None if keep_z else _kernels.recurrence_kind(f, z)
+    if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
+        _kernels.forward_recurrence(z, h0, W_h, kind)
+    else:
+        # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
+        W_hT = np.ascontiguousarray(W_h.T)
+        rec = np.empty((B, H), dtype=z.dtype)
+        h_prev = h0
+        for t in range(T):
+            z_t = z[t]
+            np.dot(h_prev, W_hT, out=rec)
+            z_t += rec
+            h_t = h[t]
+            r = f.fn(z_t, out=h_t)
+            if r is not h_t:  # a user's activation may return a new array instead
+                h_t[...] = r
+            h_prev = h_t
     a = np.dot(h.reshape(T * B, H), W_y.T)
     a += b_y
     a = a.reshape(T, B, -1)

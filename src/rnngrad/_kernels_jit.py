@@ -1,0 +1,134 @@
+"""The numba code behind :mod:`rnngrad._kernels`, imported on first use (numba's import and the
+kernels' loading from its cache take a while; ``import rnngrad`` should not pay for them).
+See :mod:`rnngrad._kernels` for what is computed and why it is written this way."""
+
+import math
+
+import numba
+import numpy as np
+import scipy.linalg  # noqa: F401  (numba's np.dot calls scipy's BLAS)
+from numba.core import types as _types
+from numba.extending import overload as _overload
+
+_TANH, _RELU, _SIGMOID, _IDENTITY = 0, 1, 2, 3
+
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+# expm1 Taylor coefficients 1/k!, k = 2..11: on |u| <= 18/32 the series is exact to 2e-12.
+_C = tuple(1.0 / math.factorial(k) for k in range(2, 12))
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = _C
+
+
+@numba.njit(inline="always")
+def _tanh32(x):
+    # tanh(a) = e / (e + 2) with e = expm1(2a), a = |x|; expm1(2u) = expm1(u)(expm1(u) + 2)
+    # five times takes the series on u = 2a/32 back to 2a without cancellation. From
+    # |x| = 9, tanh rounds to 1 in float32.
+    a = abs(np.float64(x))
+    a = a if a < 9.0 else 9.0
+    u = a * (2.0 / 32.0)
+    p = _C11
+    p = p * u + _C10
+    p = p * u + _C9
+    p = p * u + _C8
+    p = p * u + _C7
+    p = p * u + _C6
+    p = p * u + _C5
+    p = p * u + _C4
+    p = p * u + _C3
+    p = p * u + _C2
+    e = u + u * u * p
+    e = e * (e + 2.0)
+    e = e * (e + 2.0)
+    e = e * (e + 2.0)
+    e = e * (e + 2.0)
+    e = e * (e + 2.0)
+    t = e / (e + 2.0)
+    return np.float32(t if x >= 0 else -t)
+
+
+def _tanh(x):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@_overload(_tanh, inline="always")
+def _tanh_overload(x):
+    if x == _types.float32:
+        return lambda x: _tanh32(x)
+    return lambda x: math.tanh(x)
+
+
+@numba.njit(inline="always")
+def _sigmoid(x):
+    # As activations.Sigmoid: exp(-|x|) never overflows.
+    e = math.exp(-abs(x))
+    r = 1.0 / (1.0 + e)
+    return r if x >= 0 else e * r
+
+
+# `one` is 1 in the arrays' dtype: a bare literal would promote float32 arithmetic to float64.
+
+
+@_jit
+def _activate(kind, v, one):
+    # v[j] = f(v[j]) in place, one loop per kind so that each vectorises. (With separate
+    # input and output arrays that are the same memory, LLVM's overlap check would send
+    # every call to the scalar loop.)
+    zero = one - one
+    if kind == _TANH:
+        for j in range(v.shape[0]):
+            v[j] = _tanh(v[j])
+    elif kind == _RELU:
+        for j in range(v.shape[0]):
+            v[j] = v[j] if v[j] > zero else zero
+    elif kind == _SIGMOID:
+        for j in range(v.shape[0]):
+            v[j] = _sigmoid(v[j])
+
+
+@_jit
+def _scale_by_derivative(kind, h, dh, dz, one):
+    # dz[j] = f'(h[j]) * dh[j], f' from the output as in activations.py.
+    n = h.shape[0]
+    zero = one - one
+    if kind == _TANH:
+        for j in range(n):
+            dz[j] = (one - h[j] * h[j]) * dh[j]
+    elif kind == _RELU:
+        for j in range(n):
+            dz[j] = (one if h[j] > zero else zero) * dh[j]
+    elif kind == _SIGMOID:
+        for j in range(n):
+            dz[j] = (h[j] * (one - h[j])) * dh[j]
+    else:
+        for j in range(n):
+            dz[j] = dh[j]
+
+
+@_jit
+def _forward(z, h0, W_hT, kind, one):
+    T, B, H = z.shape
+    rec = np.empty((B, H), dtype=z.dtype)
+    flat_rec = rec.reshape(B * H)
+    for t in range(T):
+        np.dot(h0 if t == 0 else z[t - 1], W_hT, rec)
+        z_t = z[t].reshape(B * H)  # a view: one flat loop per step, not one call per row
+        for j in range(B * H):
+            z_t[j] += flat_rec[j]
+        _activate(kind, z_t, one)
+
+
+@_jit
+def _backward(dh, h, W_h, kind, dz, one):
+    T, B, H = dh.shape
+    rec = np.empty((B, H), dtype=dh.dtype)
+    flat_rec = rec.reshape(B * H)
+    for t in range(T - 1, -1, -1):
+        dh_t = dh[t].reshape(B * H)
+        if t < T - 1:
+            np.dot(dz[t + 1], W_h, rec)
+            for j in range(B * H):
+                dh_t[j] += flat_rec[j]
+        _scale_by_derivative(kind, h[t].reshape(B * H), dh_t, dz[t].reshape(B * H), one)
