@@ -25,7 +25,12 @@ __all__ = ["main", "build_parser"]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each option's default, except where there is none (the help text says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _positive_int(text: str) -> int:
@@ -135,7 +140,7 @@ def _cmd_train(args) -> int:
             hidden_activation=args.hidden_activation, recurrent_init=args.recurrent_init, dtype=args.dtype,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
             clip_norm=args.clip_norm or None, clip_value=args.clip_value, chunk_len=args.chunk_len,
-            batch_size=args.batch_size, steps=args.steps if args.steps is not None else 3000,
+            batch_size=args.batch_size, steps=args.steps if args.steps is not None else TrainConfig.steps,
             time_budget=args.time_budget, seed=args.seed, val_fraction=args.val_fraction,
             log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every)
         name = args.task or (Path(args.text).stem if args.text else "default-corpus")
@@ -270,8 +275,9 @@ def _cmd_flow(args) -> int:
 
 
 def _add_train_parser(sub) -> None:
-    from .optim import OPTIMIZERS
     from .data import TASKS
+    from .optim import OPTIMIZERS
+    from .train import TrainConfig  # its defaults are the command's defaults
 
     p = sub.add_parser(
         "train", formatter_class=_Formatter, help="train a model on text or a synthetic task",
@@ -284,33 +290,33 @@ def _add_train_parser(sub) -> None:
                       "(default: the built-in corpus)")
     data.add_argument("--task", choices=sorted(TASKS), help="a synthetic task instead of text")
     data.add_argument("--max-chars", type=_positive_int, help="use only the first N characters of the default corpus")
-    data.add_argument("--val-fraction", type=float, default=0.05, help="held-out share of the text")
+    data.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction, help="held-out share of the text")
     model = p.add_argument_group("model")
-    model.add_argument("--hidden-size", "-H", type=_positive_int, default=128, help="hidden units")
-    model.add_argument("--hidden-activation", "-f", default="tanh", choices=sorted(HIDDEN_ACTIVATIONS),
+    model.add_argument("--hidden-size", "-H", type=_positive_int, default=TrainConfig.hidden_size, help="hidden units")
+    model.add_argument("--hidden-activation", "-f", default=TrainConfig.hidden_activation, choices=sorted(HIDDEN_ACTIVATIONS),
                        help="hidden activation f")
-    model.add_argument("--recurrent-init", default="uniform", choices=["uniform", "identity", "orthogonal"],
+    model.add_argument("--recurrent-init", default=TrainConfig.recurrent_init, choices=["uniform", "identity", "orthogonal"],
                        help="initialisation of W_h")
-    model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
+    model.add_argument("--dtype", default=TrainConfig.dtype, choices=["float32", "float64"], help="floating-point type")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="optimizer")
-    opt.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate")
-    opt.add_argument("--momentum", type=float, default=0.0, help="momentum (sgd, rmsprop)")
-    opt.add_argument("--clip-norm", type=float, default=5.0, help="clip gradients to this global norm (0: off)")
+    opt.add_argument("--optimizer", default=TrainConfig.optimizer, choices=sorted(OPTIMIZERS), help="optimizer")
+    opt.add_argument("--lr", type=_positive_float, default=TrainConfig.lr, help="learning rate")
+    opt.add_argument("--momentum", type=float, default=TrainConfig.momentum, help="momentum (sgd, rmsprop)")
+    opt.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm, help="clip gradients to this global norm (0: off)")
     opt.add_argument("--clip-value", type=_positive_float, default=None, help="clip each gradient entry to ±this")
-    opt.add_argument("--chunk-len", "-k", type=_positive_int, default=50,
+    opt.add_argument("--chunk-len", "-k", type=_positive_int, default=TrainConfig.chunk_len,
                      help="truncated-BPTT length for text; sequence length for tasks")
-    opt.add_argument("--batch-size", "-B", type=_positive_int, default=32, help="sequences per batch")
-    opt.add_argument("--steps", type=_positive_int, default=None, help="optimizer updates (default 3000; "
+    opt.add_argument("--batch-size", "-B", type=_positive_int, default=TrainConfig.batch_size, help="sequences per batch")
+    opt.add_argument("--steps", type=_positive_int, default=None, help=f"optimizer updates (default {TrainConfig.steps}; "
                      "with --resume: the saved value, or a new total)")
     opt.add_argument("--time-budget", type=_positive_float, default=None, help="stop after this many seconds of training")
-    opt.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and samples")
+    opt.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed for initialisation, shuffling and samples")
     run = p.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", help="output folder (default: a new folder runs/<date>-<time>-<data>)")
     run.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (other settings come from it)")
-    run.add_argument("--log-every", type=_positive_int, default=100, help="steps between metrics rows")
-    run.add_argument("--sample-every", type=_positive_int, default=1000, help="steps between printed samples (text)")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
+    run.add_argument("--log-every", type=_positive_int, default=TrainConfig.log_every, help="steps between metrics rows")
+    run.add_argument("--sample-every", type=_positive_int, default=TrainConfig.sample_every, help="steps between printed samples (text)")
+    run.add_argument("--checkpoint-every", type=_positive_int, default=TrainConfig.checkpoint_every, help="steps between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
     p.set_defaults(run=_cmd_train)
 

@@ -59,7 +59,7 @@ class TrainConfig:
     text: str | None = None
     task: str | None = None
     max_chars: int | None = None
-    hidden_size: int = 128
+    hidden_size: int = 256
     hidden_activation: str = "tanh"
     recurrent_init: str = "uniform"
     dtype: str = "float32"
@@ -68,16 +68,16 @@ class TrainConfig:
     momentum: float = 0.0
     clip_norm: float | None = 5.0
     clip_value: float | None = None
-    chunk_len: int = 50
+    chunk_len: int = 64
     batch_size: int = 32
-    steps: int = 3000
+    steps: int = 2000
     time_budget: float | None = None
     seed: int = 0
     val_fraction: float = 0.05
     task_train_size: int = 10_000
     task_val_size: int = 1_000
     log_every: int = 100
-    sample_every: int = 1000
+    sample_every: int = 500
     sample_length: int = 200
     checkpoint_every: int = 500
 
