@@ -374,3 +374,14 @@ def test_clip_bad_inputs(rng):
         clip_grad_norm(grads, 1.0, keys=("nope",))
     with pytest.raises(TypeError, match="keys must be a sequence"):
         clip_grad_norm(grads, 1.0, keys="W_h")
+
+
+def test_clip_grad_norm_of_float32_gradients_does_not_overflow():
+    """A float32 gradient of norm ~4e20 has squares beyond float32's range; the norm is still finite
+    and clipping still applies."""
+    g = {k: np.zeros(s, dtype=np.float32) for k, s in
+         {"W_x": (2, 2), "W_h": (2, 2), "b_h": (2,), "W_y": (2, 2), "b_y": (2,)}.items()}
+    g["W_h"][...] = 2e20
+    total = clip_grad_norm(g, 1.0)
+    assert total == pytest.approx(4e20, rel=1e-6)
+    assert np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values())) == pytest.approx(1.0, rel=1e-5)

@@ -400,13 +400,15 @@ def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
     multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
 
     ``max_norm=math.inf`` only measures. Returns the norm *before* clipping (log it to
-    watch for explosions). When it is not
+    watch for explosions), computed in float64 even for float32 gradients. When it is not
     finite the gradients are left unchanged (torch would fill them with NaN), so the
     caller can see ``inf``/``nan`` and skip the step.
     """
     max_norm = _check_number("max_norm", max_norm, allow_inf=True)
     arrays = _grad_arrays(grads, keys)
-    total = math.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays.values()))
+    # The squares are summed in float64: in float32 a gradient of norm 2e19 would overflow to inf
+    # and escape clipping exactly when clipping is needed.
+    total = math.sqrt(sum(float(np.dot(v, v)) for v in (a.ravel().astype(np.float64) for a in arrays.values())))
     coef = max_norm / (total + 1e-6)
     if math.isfinite(total) and coef < 1.0:
         for a in arrays.values():
