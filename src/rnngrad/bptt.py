@@ -211,8 +211,11 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
 
     # §3C: parameter gradients as single products over all steps.
     dz_rows = dz.reshape(N, H)
-    dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
-    dW_h += np.dot(dz[0].T, h0)
+    if cache.h_prev is not None:
+        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H))
+    else:  # a cache built without h_prev: the t = 1 term apart
+        dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
+        dW_h += np.dot(dz[0].T, h0)
     x_rows = x.reshape(N, -1) if x.ndim == 3 else x.reshape(N)
     grads = {
         "W_y": dW_y,

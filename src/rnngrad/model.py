@@ -54,6 +54,9 @@ class Forward:
     a : (T, B, O) output pre-activations (logits)
     y_hat : (T, B, O) outputs g(a)
     z : (T, B, H) hidden pre-activations, or None when f' is computed from h alone
+    h_prev : (T, B, H) h_0..h_{T-1}, the state each step starts from, or None. The forward
+        pass keeps h_0 in the slot before h_1 of one (T+1, B, H) array, so this is a view
+        of it (no copy), and dW_h = sum_t dz_t^T h_{t-1} is one product over all T·B rows.
     """
 
     x: np.ndarray
@@ -62,6 +65,7 @@ class Forward:
     a: np.ndarray
     y_hat: np.ndarray
     z: np.ndarray | None = None
+    h_prev: np.ndarray | None = None
 
     @property
     def h_last(self) -> np.ndarray:
@@ -69,19 +73,23 @@ class Forward:
         return self.h[-1]
 
 
-def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray) -> np.ndarray:
-    """W_x x_t + b_h for every t at once: (T, B, H), a new array.
+def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """W_x x_t + b_h for every t at once: (T, B, H), a new array or ``out``.
 
     x (T, B, D) floats: one (T·B, D) @ (D, H) product. x (T, B) token indices: the
     one-hot product W_x e_k is column k of W_x, so this is a row lookup in W_x^T.
+    ``out``, if given, is a C-contiguous (T, B, H) array of the parameters' dtype.
     """
+    if out is None:
+        out = np.empty(x.shape[:2] + (W_x.shape[0],), dtype=W_x.dtype)
     if x.ndim == 2:
-        z = np.ascontiguousarray(W_x.T)[x]
+        np.take(np.ascontiguousarray(W_x.T), x, axis=0, out=out)
     else:
         T, B, D = x.shape
-        z = np.dot(x.reshape(T * B, D), W_x.T).reshape(T, B, -1)
-    z += b_h
-    return z
+        np.dot(x.reshape(T * B, D), W_x.T, out=out.reshape(T * B, -1))
+    out += b_h
+    return out
 
 
 def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
@@ -98,11 +106,15 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     Inputs are trusted (see :mod:`rnngrad.validation`); arrays share one float dtype.
     """
     W_h, W_y, b_y = params["W_h"], params["W_y"], params["b_y"]
-    z = input_projection(x, params["W_x"], params["b_h"])
-    T, B, H = z.shape
+    T, B = x.shape[:2]
+    H = W_h.shape[0]
+    # h_0..h_T in one array, h_0 first: h_prev = states[:-1] needs no copy (see Forward).
+    states = np.empty((T + 1, B, H), dtype=W_h.dtype)
+    states[0] = h0
+    h = states[1:]
     keep_z = f.derivative_needs_input
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
-    h = np.empty_like(z) if keep_z else z
+    z = input_projection(x, params["W_x"], params["b_h"], out=None if keep_z else h)
     kind = None if keep_z else _kernels.recurrence_kind(f, z)
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
         _kernels.forward_recurrence(z, h0, W_h, kind)
@@ -124,7 +136,7 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     a += b_y
     a = a.reshape(T, B, -1)
     y_hat = g.fn(a)
-    return Forward(x=x, h0=h0, h=h, a=a, y_hat=y_hat, z=z if keep_z else None)
+    return Forward(x=x, h0=h0, h=h, a=a, y_hat=y_hat, z=z if keep_z else None, h_prev=states[:-1])
 
 
 def _resolve_activation(name: str, value, table: dict) -> Activation:
