@@ -1,0 +1,96 @@
+"""The shortcuts of the hot path equal the plain computations they replace.
+
+Oracles: NumPy's element-wise isfinite / min / max, the log-sum-exp form of softmax
+cross-entropy, and the two-product form of dW_h.
+"""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from rnngrad import RNN
+from rnngrad.activations import Softmax
+from rnngrad.bptt import backward
+from rnngrad.losses import CrossEntropy, _softmax_cross_entropy, _softmax_cross_entropy_index
+from rnngrad.model import forward
+from rnngrad.validation import _out_of_range, all_finite
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_every_non_finite_entry(rng, dtype, bad):
+    a = rng.standard_normal((5, 7)).astype(dtype)
+    assert all_finite(a) and all_finite(a.T) and all_finite(a[:, ::2])
+    for idx in [(0, 0), (4, 6), (2, 3)]:
+        b = a.copy()
+        b[idx] = bad
+        assert not all_finite(b) and not all_finite(b.T)
+        assert all_finite(b[:, ::2]) == bool(np.isfinite(b[:, ::2]).all())
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e30), (np.float64, 1e200)])
+def test_all_finite_accepts_huge_finite_values(dtype, big):
+    """v·v overflows to inf here; the exact element-wise test decides."""
+    a = np.full(4, big, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy reports the overflow of the product
+        assert all_finite(a)
+        a[1] = np.nan
+        assert not all_finite(a)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64])
+def test_out_of_range_equals_min_max(dtype):
+    info = np.iinfo(dtype)
+    values = [v for v in (info.min, -100, -1, 0, 1, 2, 99, 100, 127, info.max) if info.min <= v <= info.max]
+    for n in (1, 3, 100, 200):
+        for v in values:
+            idx = np.array([0, v, 0], dtype=dtype)
+            assert _out_of_range(idx, n) == bool(idx.min() < 0 or idx.max() >= n), (v, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype):
+    N, O = 40, 9
+    a = (rng.standard_normal((N, O)) * 4).astype(dtype)
+    y = rng.integers(0, O, N)
+    y_hat = Softmax().fn(a)
+    fast = _softmax_cross_entropy_index(y_hat, y, True)
+    assert fast is not None
+    # The log-sum-exp path, forced by appending a row whose target probability underflows.
+    a2 = np.vstack([a, np.array([[0] * (O - 1) + [-1e4]], dtype=dtype)])
+    y2 = np.append(y, O - 1)
+    y_hat2 = Softmax().fn(a2)
+    assert _softmax_cross_entropy_index(y_hat2, y2, True) is None
+    slow = _softmax_cross_entropy(a2, y_hat2, y2, True)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
+    assert np.isfinite(slow[0][N]) and slow[0][N] == pytest.approx(1e4 + np.log(O - 1), rel=1e-6)
+    # The loss alone (want_dy_hat False) is the same.
+    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], fast[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("inputs", ["floats", "tokens"])
+def test_weight_gradient_over_h_prev_equals_two_products(rng, inputs):
+    T, B, D, H, O = 6, 3, 5, 4, 3
+    model = RNN(D, H, O, seed=2)
+    x = rng.integers(0, D, (T, B)) if inputs == "tokens" else rng.standard_normal((T, B, D))
+    y = rng.integers(0, O, (T, B))
+    h0 = rng.standard_normal((B, H))
+    cache = forward(model.params, x, h0, model.f, model.g)
+    np.testing.assert_array_equal(cache.h_prev[0], h0)
+    np.testing.assert_array_equal(cache.h_prev[1:], cache.h[:-1])
+    assert np.shares_memory(cache.h_prev, cache.h)  # a view, not a copy
+    with_view = backward(model.params, cache, y.reshape(-1), None, model.f, model.g, CrossEntropy())
+    without = backward(model.params, dataclasses.replace(cache, h_prev=None), y.reshape(-1), None,
+                       model.f, model.g, CrossEntropy())
+    for key in without.grads:
+        np.testing.assert_allclose(with_view.grads[key], without.grads[key], rtol=1e-13, atol=1e-15)
