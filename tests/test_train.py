@@ -103,7 +103,7 @@ def test_training_learns_text_and_a_task(tmp_path, text_file):
 
 
 def test_time_budget_stops_and_logs_the_partial_window(tmp_path, text_file):
-    t = Trainer(small(text_file, steps=10**6, time_budget=0.2, log_every=10**5), tmp_path)
+    t = Trainer(small(text_file, steps=10**6, time_budget=0.2, log_every=10**5, checkpoint_every=10**6), tmp_path)
     assert t.run() == "time"
     assert 0 < t.progress.step < 10**6
     assert t.progress.rows[-1]["step"] == t.progress.step
