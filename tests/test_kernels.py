@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rnngrad import RNN, _kernels
-from rnngrad.activations import Tanh
+from rnngrad.activations import Softmax, Tanh
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba/scipy not installed (rnngrad[fast])")
 
@@ -116,3 +116,67 @@ def test_user_activation_and_large_steps_use_numpy_loop():
         assert _kernels.recurrence_kind(Tanh(), h) is None
     finally:
         _kernels.set_enabled(previous)
+
+
+def test_float32_exp_is_correctly_rounded_up_to_an_ulp():
+    """The vectorisable exp of the softmax kernel against float64 exp rounded to float32."""
+    from rnngrad._kernels_jit import _exp_nonpositive32
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.uniform(0, 110, 20000), -rng.uniform(0, 1, 5000), [0.0, -103.9, -104.5, -1e4]])
+    x = x.astype(np.float32)
+    ours = np.array([_exp_nonpositive32(v) for v in x]).astype(np.float32)
+    ref = np.exp(x.astype(np.float64)).astype(np.float32)
+    ulps = np.abs(ours.view(np.int32).astype(np.int64) - ref.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1
+    assert np.mean(ulps != 0) < 1e-3  # off by one only next to a rounding boundary
+    assert np.isnan(_exp_nonpositive32(np.float32(np.nan)))
+
+
+@pytest.mark.parametrize("O", [1, 3, 65, 300])
+def test_softmax_kernel_matches_float64_reference(rng, O):
+    N = 40
+    a = (rng.standard_normal((N, O)) * 10).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    logits = a + b
+    a_kernel = a.copy()
+    y_hat = _kernels.softmax_with_bias(a_kernel, b)
+    np.testing.assert_array_equal(a_kernel, logits)
+    # The differences a - max(a) are rounded to float32 (as in NumPy's float32 softmax);
+    # from there the kernel works in float64 and rounds once: within about an ulp.
+    shifted = (logits - logits.max(1, keepdims=True)).astype(np.float64)
+    ref = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    assert np.max(np.abs(y_hat - ref) / ref) < 2.5e-7
+    # Against the exact softmax of the float32 logits, no worse than NumPy's float32 softmax.
+    exact = np.exp(logits.astype(np.float64) - logits.max(1, keepdims=True))
+    exact /= exact.sum(1, keepdims=True)
+    numpy32 = Softmax().fn(logits)
+    assert np.max(np.abs(y_hat - exact) / exact) <= 1.01 * np.max(np.abs(numpy32 - exact) / exact) + 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("want_dy_hat", [True, False])
+def test_cross_entropy_kernel_equals_numpy_path(rng, dtype, want_dy_hat):
+    from rnngrad.losses import _softmax_cross_entropy_index
+
+    N, O = 30, 7
+    y_hat = Softmax().fn((rng.standard_normal((N, O)) * 3).astype(dtype))
+    y = rng.integers(0, O, N)
+    previous = _kernels.set_enabled(True)
+    try:
+        fast = _softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+        _kernels.set_enabled(False)
+        slow = _softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+        # Underflowed y_hat[n, y_n]: both decline, for the log-sum-exp path.
+        y_hat[3, y[3]] = 0
+        assert _softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
+        _kernels.set_enabled(True)
+        assert _softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
+    finally:
+        _kernels.set_enabled(previous)
+    tol = 1e-6 if dtype == np.float32 else 1e-15
+    for f, s in zip(fast, slow):
+        if s is None:
+            assert f is None
+        else:
+            np.testing.assert_allclose(f, s, rtol=tol, atol=tol)

@@ -40,13 +40,14 @@ import os
 
 import numpy as np
 
-from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
+from .activations import Activation, Identity, ReLU, Sigmoid, Softmax, Tanh
 
 # The optional extra rnngrad[fast]; numba itself is imported on first use (_jit_module).
 _AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("numba", "scipy"))
 
 __all__ = ["available", "enabled", "set_enabled", "numba_version", "recurrence_kind",
-           "forward_recurrence", "backward_recurrence", "MAX_STEP_MACS"]
+           "forward_recurrence", "backward_recurrence", "softmax_applies", "softmax_with_bias",
+           "softmax_cross_entropy_index", "MAX_STEP_MACS"]
 
 #: Kernels serve a step of at most this many multiply-adds (B·H·H); larger steps are BLAS-bound.
 MAX_STEP_MACS = 1 << 18
@@ -81,9 +82,17 @@ def numba_version() -> str | None:
     return version("numba")
 
 
+_jit = None  # rnngrad._kernels_jit once imported
+
+
 def _jit_module():
-    from . import _kernels_jit  # first call: imports numba and loads the compiled kernels
-    return _kernels_jit
+    # The first call imports numba and loads the compiled kernels; later calls skip the
+    # import machinery (about a microsecond per call, twice per gradients call).
+    global _jit
+    if _jit is None:
+        from . import _kernels_jit
+        _jit = _kernels_jit
+    return _jit
 
 
 def recurrence_kind(f: Activation, h: np.ndarray) -> int | None:
@@ -96,6 +105,38 @@ def recurrence_kind(f: Activation, h: np.ndarray) -> int | None:
         return None
     B, H = h.shape[1], h.shape[2]
     return kind if B * H * H <= MAX_STEP_MACS else None
+
+
+def softmax_applies(g: Activation, a: np.ndarray) -> bool:
+    """True if the output layer's softmax runs as a kernel for logits like ``a`` (N, O): the
+    built-in Softmax, float32 (the compiled exp of _kernels_jit; float64 would call libm's
+    exp per element and lose to NumPy), and kernels on."""
+    return _enabled and _AVAILABLE and type(g) is Softmax and a.dtype == np.float32
+
+
+def softmax_with_bias(a: np.ndarray, b_y: np.ndarray) -> np.ndarray:
+    """a <- a + b_y in place, and y_hat = softmax(a) row by row as a new array; a (N, O) C-contiguous.
+
+    One pass over the logits instead of NumPy's five (bias, row maximum, exp, row sum, divide),
+    each of which costs a call on small outputs and a sweep over memory on large ones.
+    """
+    y_hat = np.empty_like(a)
+    _jit_module()._softmax_rows(a, np.ascontiguousarray(b_y), y_hat)
+    return y_hat
+
+
+def softmax_cross_entropy_index(y_hat: np.ndarray, y: np.ndarray, want_dy_hat: bool):
+    """:func:`rnngrad.losses._softmax_cross_entropy_index` as one kernel call, or None where
+    that function would return None (a y_hat[n, y_n] below the smallest normal number)."""
+    loss = np.empty(y_hat.shape[0], dtype=y_hat.dtype)
+    da = np.empty(y_hat.shape, dtype=y_hat.dtype)
+    dy_hat = np.empty(y_hat.shape if want_dy_hat else (0, 0), dtype=y_hat.dtype)
+    ok = _jit_module()._softmax_cross_entropy_index(
+        np.ascontiguousarray(y_hat), y, y_hat.dtype.type(np.finfo(y_hat.dtype).tiny), loss, da, dy_hat,
+        want_dy_hat)
+    if not ok:
+        return None
+    return loss, da, (dy_hat if want_dy_hat else None)
 
 
 def forward_recurrence(z: np.ndarray, h0: np.ndarray, W_h: np.ndarray, kind: int) -> np.ndarray:

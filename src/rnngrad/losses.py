@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import _kernels
 from .activations import Activation, Identity, Sigmoid, Softmax, log_sigmoid
 
 __all__ = [
@@ -209,6 +210,8 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat):
     smallest normal (a logit far below the row maximum, where exp underflows), None
     sends the call to the log-sum-exp path, which stays exact there.
     """
+    if _kernels.enabled():  # the same in one compiled loop (rnngrad[fast])
+        return _kernels.softmax_cross_entropy_index(y_hat, y, want_dy_hat)
     N, O = y_hat.shape
     flat = np.arange(0, N * O, O)  # index of (n, y_n) in the flattened rows
     flat += y

@@ -133,9 +133,13 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
                 h_t[...] = r
             h_prev = h_t
     a = np.dot(h.reshape(T * B, H), W_y.T)
-    a += b_y
-    a = a.reshape(T, B, -1)
-    y_hat = g.fn(a)
+    if _kernels.softmax_applies(g, a):  # the same softmax compiled (rnngrad[fast])
+        y_hat = _kernels.softmax_with_bias(a, b_y).reshape(T, B, -1)
+        a = a.reshape(T, B, -1)
+    else:
+        a += b_y
+        a = a.reshape(T, B, -1)
+        y_hat = g.fn(a)
     return Forward(x=x, h0=h0, h=h, a=a, y_hat=y_hat, z=z if keep_z else None, h_prev=states[:-1])
 
 
