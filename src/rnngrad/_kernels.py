@@ -107,11 +107,19 @@ def recurrence_kind(f: Activation, h: np.ndarray) -> int | None:
     return kind if B * H * H <= MAX_STEP_MACS else None
 
 
+#: The softmax kernel serves rows of at most this many outputs. Its row maximum is a
+#: sequential loop, so on long rows NumPy's vectorised passes win (bias + softmax, measured on
+#: the bench machine: the kernel 2.6× faster at O = 16, 2.1× at 65, 1.3× at 64 with
+#: N = 3200, about equal at 128, 1.2× slower at 256).
+MAX_SOFTMAX_OUTPUTS = 128
+
+
 def softmax_applies(g: Activation, a: np.ndarray) -> bool:
     """True if the output layer's softmax runs as a kernel for logits like ``a`` (N, O): the
     built-in Softmax, float32 (the compiled exp of _kernels_jit; float64 would call libm's
-    exp per element and lose to NumPy), and kernels on."""
-    return _enabled and _AVAILABLE and type(g) is Softmax and a.dtype == np.float32
+    exp per element and lose to NumPy), O <= MAX_SOFTMAX_OUTPUTS, and kernels on."""
+    return (_enabled and _AVAILABLE and type(g) is Softmax and a.dtype == np.float32
+            and a.shape[-1] <= MAX_SOFTMAX_OUTPUTS)
 
 
 def softmax_with_bias(a: np.ndarray, b_y: np.ndarray) -> np.ndarray:

@@ -148,8 +148,16 @@ def _exp_nonpositive32(x):
     u = u if not (u < -104.0) else -104.0
     u = u * (1.0 / 1024.0)
     e = 1.0 + u * (1.0 + u * (_E2 + u * (_E3 + u * (_E4 + u * (_E5 + u * (_E6 + u * _E7))))))
-    for _ in range(10):
-        e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
     return e
 
 
@@ -176,11 +184,22 @@ def _softmax_rows(a, b_y, y_hat):
             row[k] += b_y[k]
         m = row[0]
         for k in range(1, O):
-            m = row[k] if row[k] > m else m
-        s = 0.0
+            m = max(m, row[k])
         for k in range(O):
             e[k] = _exp_nonpositive(row[k] - m)
-            s += e[k]
+        # Four running sums: a single one would be a chain of dependent additions.
+        s0 = s1 = s2 = s3 = 0.0
+        k = 0
+        while k + 4 <= O:
+            s0 += e[k]
+            s1 += e[k + 1]
+            s2 += e[k + 2]
+            s3 += e[k + 3]
+            k += 4
+        while k < O:
+            s0 += e[k]
+            k += 1
+        s = (s0 + s1) + (s2 + s3)
         inv = 1.0 / s
         out = y_hat[n]
         for k in range(O):
