@@ -78,7 +78,7 @@ class TrainConfig:
     task_val_size: int = 1_000
     log_every: int = 100
     sample_every: int = 500
-    sample_length: int = 200
+    sample_length: int = 300
     checkpoint_every: int = 500
 
     def validate(self) -> "TrainConfig":
@@ -147,6 +147,10 @@ class TextData:
         # Validation: the held-out tail as streams too (fewer if it is short), read in chunks.
         vB = max(1, min(B, (val.size - 1) // k))
         self.val_x, self.val_y = make_streams(val, vB)
+        # Samples continue a line of held-out text: a prime the model has not trained on, and a
+        # continuation a reader can judge (a lone newline in source code mostly primes indentation).
+        lines = self.vocab.decode(val[: min(val.size, 5000)]).split("\n")[1:-1]  # whole lines only
+        self.sample_prime = next((ln.strip()[:40] for ln in lines if len(ln.strip()) >= 20), None)
         self.input_size = self.output_size = len(self.vocab)
         self.output_activation, self.loss = "softmax", "cross_entropy"
         self.baseline = math.log(len(self.vocab))
@@ -184,7 +188,7 @@ class TaskData:
             raise ValueError(f"task_train_size={config.task_train_size} is smaller than batch_size={B}")
         self.source = f"task {task.name}"
         self.fingerprint = task.name
-        self.vocab = None
+        self.vocab = self.sample_prime = None
         self.x, self.y, self.mask = task.make(config.task_train_size, T, np.random.default_rng([config.seed, 1]))
         self.val_x, self.val_y, self.val_mask = task.make(config.task_val_size, T,
                                                           np.random.default_rng([config.seed, 2]))
@@ -441,6 +445,9 @@ class Trainer:
         return status
 
     def sample(self, length: int, seed=None, prime: str | None = None, temperature: float = 0.8) -> str:
+        """``prime`` followed by ``length`` generated characters (default prime: a line of held-out text)."""
         from .sample import sample
 
-        return sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)
+        prime = prime if prime is not None else self.data.sample_prime  # None: sample() picks one
+        text = sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)
+        return (prime or "") + text
