@@ -10,6 +10,7 @@ from .bptt import Gradients, backward
 from .gradcheck import GradCheckReport, check_gradients
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss
 from .model import RNN, Forward, forward
+from .workspace import Workspace
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "RNN",
     "Forward",
     "Gradients",
+    "Workspace",
     "forward",
     "backward",
     "check_gradients",

@@ -41,6 +41,7 @@ import os
 import numpy as np
 
 from .activations import Activation, Identity, ReLU, Sigmoid, Softmax, Tanh
+from .workspace import Workspace, empty
 
 # The optional extra rnngrad[fast]; numba itself is imported on first use (_jit_module).
 _AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("numba", "scipy"))
@@ -122,23 +123,25 @@ def softmax_applies(g: Activation, a: np.ndarray) -> bool:
             and a.shape[-1] <= MAX_SOFTMAX_OUTPUTS)
 
 
-def softmax_with_bias(a: np.ndarray, b_y: np.ndarray) -> np.ndarray:
-    """a <- a + b_y in place, and y_hat = softmax(a) row by row as a new array; a (N, O) C-contiguous.
+def softmax_with_bias(a: np.ndarray, b_y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a <- a + b_y in place, and y_hat = softmax(a) row by row into ``out`` (N, O) or a new
+    array; a (N, O) C-contiguous.
 
     One pass over the logits instead of NumPy's five (bias, row maximum, exp, row sum, divide),
     each of which costs a call on small outputs and a sweep over memory on large ones.
     """
-    y_hat = np.empty_like(a)
+    y_hat = np.empty_like(a) if out is None else out
     _jit_module()._softmax_rows(a, np.ascontiguousarray(b_y), y_hat)
     return y_hat
 
 
-def softmax_cross_entropy_index(y_hat: np.ndarray, y: np.ndarray, want_dy_hat: bool):
+def softmax_cross_entropy_index(y_hat: np.ndarray, y: np.ndarray, want_dy_hat: bool,
+                                workspace: Workspace | None = None):
     """:func:`rnngrad.losses._softmax_cross_entropy_index` as one kernel call, or None where
     that function would return None (a y_hat[n, y_n] below the smallest normal number)."""
     loss = np.empty(y_hat.shape[0], dtype=y_hat.dtype)
-    da = np.empty(y_hat.shape, dtype=y_hat.dtype)
-    dy_hat = np.empty(y_hat.shape if want_dy_hat else (0, 0), dtype=y_hat.dtype)
+    da = empty(workspace, "da", y_hat.shape, y_hat.dtype)
+    dy_hat = empty(workspace, "dy_hat", y_hat.shape if want_dy_hat else (0, 0), y_hat.dtype)
     ok = _jit_module()._softmax_cross_entropy_index(
         np.ascontiguousarray(y_hat), y, y_hat.dtype.type(np.finfo(y_hat.dtype).tiny), loss, da, dy_hat,
         want_dy_hat)
@@ -157,12 +160,14 @@ def forward_recurrence(z: np.ndarray, h0: np.ndarray, W_h: np.ndarray, kind: int
     return z
 
 
-def backward_recurrence(dh: np.ndarray, h: np.ndarray, W_h: np.ndarray, kind: int) -> np.ndarray:
-    """dz_t = f'(h_t) * dh_t with dh_t += dz_{t+1} W_h, for t = T..1; returns dz (T, B, H).
+def backward_recurrence(dh: np.ndarray, h: np.ndarray, W_h: np.ndarray, kind: int,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """dz_t = f'(h_t) * dh_t with dh_t += dz_{t+1} W_h, for t = T..1; returns dz (T, B, H),
+    written into ``out`` if given.
 
     dh (T, B, H) holds the direct terms da_t W_y on entry and the totals dL/dh_t on return;
     h (T, B, H) the hidden states; W_h (H, H).
     """
-    dz = np.empty_like(h)
+    dz = np.empty_like(h) if out is None else out
     _jit_module()._backward(dh, h, np.ascontiguousarray(W_h), kind, dz, h.dtype.type(1))
     return dz

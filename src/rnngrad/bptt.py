@@ -31,6 +31,7 @@ import numpy as np
 from . import _kernels
 from .activations import Activation
 from .losses import Loss, fused_path
+from .workspace import Workspace, empty
 
 if TYPE_CHECKING:  # model.py imports this module
     from .model import Forward
@@ -96,7 +97,8 @@ def output_loss(cache: "Forward", y: np.ndarray, w: np.ndarray | None, g: Activa
 
 
 def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarray | None,
-                    g: Activation, loss: Loss, want_dy_hat: bool = True):
+                    g: Activation, loss: Loss, want_dy_hat: bool = True,
+                    workspace: Workspace | None = None):
     """Loss and gradients at the output layer for all N = T·B rows at once.
 
     Parameters
@@ -104,6 +106,7 @@ def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarr
     a, y_hat : (N, O) logits and outputs
     y : (N,) class indices or (N, O) targets
     w : (N,) row weights, or None for all ones
+    workspace : optional; the fused softmax + cross-entropy path writes into it
 
     Returns
     -------
@@ -111,7 +114,7 @@ def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarr
     """
     fused = fused_path(g, loss)
     if fused is not None:
-        rows, da, dy_hat = fused(a, y_hat, y, want_dy_hat)
+        rows, da, dy_hat = fused(a, y_hat, y, want_dy_hat, workspace)
         if w is not None:
             da *= w[:, None]
             if dy_hat is not None:
@@ -130,15 +133,16 @@ def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarr
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def derivative_blocks(f: Activation, z: np.ndarray | None, h: np.ndarray) -> np.ndarray:
-    """f'(z_t) for every t as a new (T, B, H) array, computed a block of steps at a time.
+def derivative_blocks(f: Activation, z: np.ndarray | None, h: np.ndarray,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """f'(z_t) for every t as a (T, B, H) array (``out`` or a new one), a block of steps at a time.
 
     One call per block, not per step, keeps the call overhead small; blocks keep the
     temporaries of f.derivative (1 - h*h makes two) to a block instead of two (T, B, H)
     arrays, which would raise the peak memory of a gradients call by 2·T·B·H elements.
     """
     T = h.shape[0]
-    dz = np.empty_like(h)
+    dz = np.empty_like(h) if out is None else out
     step = max(1, _BLOCK_ELEMENTS // max(1, h[0].size))
     for s in range(0, T, step):
         block = slice(s, s + step)
@@ -146,25 +150,29 @@ def derivative_blocks(f: Activation, z: np.ndarray | None, h: np.ndarray) -> np.
     return dz
 
 
-def input_weight_grad(x: np.ndarray, dz: np.ndarray, D: int) -> np.ndarray:
+def input_weight_grad(x: np.ndarray, dz: np.ndarray, D: int, out: np.ndarray | None = None) -> np.ndarray:
     """dW_x = sum_t dz_t^T x_t, (H, D), for dz (N, H) and x (N, D) floats or (N,) token indices.
 
     For tokens x_t is one-hot, so column k of dW_x is the sum of dz over the rows whose
     token is k: a sort, then one segmented sum (np.add.at would loop per row).
     """
     if x.ndim == 2:
-        return np.dot(dz.T, x)
+        return np.dot(dz.T, x, out=out)
     H = dz.shape[1]
     order = np.argsort(x, kind="stable")
     xs = x[order]
     starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
     dW_xT = np.zeros((D, H), dtype=dz.dtype)
     dW_xT[xs[starts]] = np.add.reduceat(dz[order], starts, axis=0)
-    return np.ascontiguousarray(dW_xT.T)
+    if out is None:
+        return np.ascontiguousarray(dW_xT.T)
+    np.copyto(out, dW_xT.T)
+    return out
 
 
 def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, w: np.ndarray | None,
-             f: Activation, g: Activation, loss: Loss, need: Iterable[str] | None = None) -> Gradients:
+             f: Activation, g: Activation, loss: Loss, need: Iterable[str] | None = None,
+             workspace: Workspace | None = None) -> Gradients:
     """Every gradient of seed §1 from the forward cache (see the module docstring).
 
     Parameters
@@ -174,6 +182,8 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     y : (N,) class indices or (N, O) targets, N = T·B, row t·B + b
     w : (N,) loss weights or None (see :func:`loss_weights`)
     need : names from OPTIONAL_GRADS to compute; None for all
+    workspace : optional; every returned array except h_last is written into its arrays
+        and is overwritten by the next call that uses it (see :mod:`rnngrad.workspace`)
     """
     need = set(OPTIONAL_GRADS if need is None else need)
     unknown = need - set(OPTIONAL_GRADS)
@@ -184,24 +194,27 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     T, B, H = h.shape
     N = T * B
     h_rows = h.reshape(N, H)
+    dtype = h.dtype
+    ws = workspace
 
     # §3A: output layer over all rows at once.
     L, da, dy_hat = output_backward(cache.a.reshape(N, -1), cache.y_hat.reshape(N, -1), y, w,
-                                    g, loss, want_dy_hat="y_hat" in need)
-    dW_y = np.dot(da.T, h_rows)
+                                    g, loss, want_dy_hat="y_hat" in need, workspace=ws)
+    dW_y = np.dot(da.T, h_rows, out=empty(ws, "dW_y", (da.shape[1], H), dtype))
     # Column sums as a product with a ones vector: NumPy's sum over the long axis of an
     # (N, small) array runs row by row and is ten times slower than this BLAS call.
     ones = np.ones(N, dtype=da.dtype)
-    db_y = np.dot(ones, da)
+    db_y = np.dot(ones, da, out=empty(ws, "db_y", (da.shape[1],), dtype))
 
     # §3B: dh starts as the direct term da_t W_y and gains the recursive term in the loop;
     # dz starts as f'(z_t) for every t (one vectorised call) and is scaled by dh_t in place.
-    dh = np.dot(da, W_y).reshape(T, B, H)
+    dh = np.dot(da, W_y, out=empty(ws, "dh", (N, H), dtype)).reshape(T, B, H)
+    dz = empty(ws, "dz", (T, B, H), dtype)
     kind = _kernels.recurrence_kind(f, h) if cache.z is None else None
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
-        dz = _kernels.backward_recurrence(dh, h, W_h, kind)
+        _kernels.backward_recurrence(dh, h, W_h, kind, out=dz)
     else:
-        dz = derivative_blocks(f, cache.z, h)
+        derivative_blocks(f, cache.z, h, out=dz)
         rec = np.empty((B, H), dtype=h.dtype)
         dz[T - 1] *= dh[T - 1]
         for t in range(T - 2, -1, -1):
@@ -212,7 +225,7 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     # §3C: parameter gradients as single products over all steps.
     dz_rows = dz.reshape(N, H)
     if cache.h_prev is not None:
-        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H))
+        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=empty(ws, "dW_h", (H, H), dtype))
     else:  # a cache built without h_prev: the t = 1 term apart
         dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
         dW_h += np.dot(dz[0].T, h0)
@@ -220,15 +233,15 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     grads = {
         "W_y": dW_y,
         "b_y": db_y,
-        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1]),
+        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1], out=empty(ws, "dW_x", W_x.shape, dtype)),
         "W_h": dW_h,
-        "b_h": np.dot(ones, dz_rows),
+        "b_h": np.dot(ones, dz_rows, out=empty(ws, "db_h", (H,), dtype)),
         "h": dh,
     }
     if "y_hat" in need:
         grads["y_hat"] = dy_hat.reshape(T, B, -1)
     if "x" in need and x.ndim == 3:
-        grads["x"] = np.dot(dz_rows, W_x).reshape(T, B, -1)
+        grads["x"] = np.dot(dz_rows, W_x, out=empty(ws, "dx", (N, W_x.shape[1]), dtype)).reshape(T, B, -1)
     if "h0" in need:
-        grads["h0"] = np.dot(dz[0], W_h)
+        grads["h0"] = np.dot(dz[0], W_h, out=empty(ws, "dh0", (B, H), dtype))
     return Gradients(loss=L, grads=grads, h_last=h[-1].copy(), forward=cache)

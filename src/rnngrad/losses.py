@@ -37,6 +37,7 @@ import numpy as np
 
 from . import _kernels
 from .activations import Activation, Identity, Sigmoid, Softmax, log_sigmoid
+from .workspace import empty
 
 __all__ = [
     "Loss",
@@ -162,13 +163,13 @@ def resolve_loss(name: str, output_activation: Activation) -> Loss:
 
 
 # --- fused paths for the canonical pairs -------------------------------------------
-# Each takes logits a (N, O), y_hat = g(a) (N, O) and targets, and returns
-# (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
+# Each takes logits a (N, O), y_hat = g(a) (N, O), targets and an optional Workspace, and
+# returns (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
 
 
-def _softmax_cross_entropy(a, y_hat, y, want_dy_hat):
+def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     if y.ndim == 1:
-        fast = _softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+        fast = _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace)
         if fast is not None:
             return fast
     m = a.max(axis=1)
@@ -198,7 +199,7 @@ def _softmax_cross_entropy(a, y_hat, y, want_dy_hat):
     return loss, da, dy_hat
 
 
-def _softmax_cross_entropy_index(y_hat, y, want_dy_hat):
+def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
     """The softmax + cross-entropy rows for class indices from y_hat alone, or None.
 
     With p_n = y_hat[n, y_n] = exp(a_y - lse): L_n = -log p_n, dL/da = y_hat - e_y and
@@ -208,10 +209,11 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat):
     work). -log p_n is as accurate as lse - a_y while p_n is a normal number: a relative
     error of p_n becomes the same absolute error of L_n. If any p_n is below the
     smallest normal (a logit far below the row maximum, where exp underflows), None
-    sends the call to the log-sum-exp path, which stays exact there.
+    sends the call to the log-sum-exp path, which stays exact there. dL/da and dL/dy_hat
+    are written into the workspace's arrays when one is given.
     """
     if _kernels.enabled():  # the same in one compiled loop (rnngrad[fast])
-        return _kernels.softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+        return _kernels.softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace)
     N, O = y_hat.shape
     flat = np.arange(0, N * O, O)  # index of (n, y_n) in the flattened rows
     flat += y
@@ -220,16 +222,18 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat):
         return None
     loss = np.log(p)
     np.negative(loss, out=loss)
-    da = y_hat.copy()
+    da = empty(workspace, "da", y_hat.shape, y_hat.dtype)
+    np.copyto(da, y_hat)
     da.reshape(-1)[flat] -= 1
     dy_hat = None
     if want_dy_hat:
-        dy_hat = np.zeros(y_hat.shape, dtype=y_hat.dtype)  # C order: reshape(-1) is a view
+        dy_hat = empty(workspace, "dy_hat", y_hat.shape, y_hat.dtype)  # C order: reshape(-1) is a view
+        dy_hat.fill(0)
         dy_hat.reshape(-1)[flat] = np.divide(-1, p)
     return loss, da, dy_hat
 
 
-def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat):
+def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     # -[y log s(a) + (1-y) log s(-a)] = softplus(a) - y a, with log s from log_sigmoid.
     loss = -(y * log_sigmoid(a) + (1 - y) * log_sigmoid(-a)).sum(axis=1)
     da = y_hat - y
@@ -243,7 +247,7 @@ def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat):
     return loss, da, dy_hat
 
 
-def _identity_mse(a, y_hat, y, want_dy_hat):
+def _identity_mse(a, y_hat, y, want_dy_hat, workspace=None):
     d = y_hat - y
     loss = np.einsum("nk,nk->n", d, d)
     da = 2 * d

@@ -34,6 +34,7 @@ from .validation import (
     check_positive_int,
     check_targets,
 )
+from .workspace import Workspace, empty
 
 __all__ = ["RNN", "Forward", "forward", "input_projection", "PARAM_NAMES"]
 
@@ -93,7 +94,7 @@ def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray,
 
 
 def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
-            f: Activation, g: Activation) -> Forward:
+            f: Activation, g: Activation, workspace: Workspace | None = None) -> Forward:
     """Run seed §2 over a whole batch of sequences.
 
     Parameters
@@ -102,6 +103,8 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     x : (T, B, D) floats, or (T, B) integer token indices in [0, D)
     h0 : (B, H)
     f, g : hidden and output activations (f element-wise)
+    workspace : optional; h, z, a and y_hat are written into its arrays (see
+        :mod:`rnngrad.workspace`)
 
     Inputs are trusted (see :mod:`rnngrad.validation`); arrays share one float dtype.
     """
@@ -109,18 +112,21 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     T, B = x.shape[:2]
     H = W_h.shape[0]
     # h_0..h_T in one array, h_0 first: h_prev = states[:-1] needs no copy (see Forward).
-    states = np.empty((T + 1, B, H), dtype=W_h.dtype)
+    dtype = W_h.dtype
+    states = empty(workspace, "h", (T + 1, B, H), dtype)
     states[0] = h0
     h = states[1:]
     keep_z = f.derivative_needs_input
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
-    z = input_projection(x, params["W_x"], params["b_h"], out=None if keep_z else h)
+    z = input_projection(x, params["W_x"], params["b_h"],
+                         out=empty(workspace, "z", (T, B, H), dtype) if keep_z else h)
     kind = None if keep_z else _kernels.recurrence_kind(f, z)
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
         _kernels.forward_recurrence(z, h0, W_h, kind)
     else:
         # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
-        W_hT = np.ascontiguousarray(W_h.T)
+        W_hT = empty(workspace, "W_hT", (H, H), dtype)
+        np.copyto(W_hT, W_h.T)
         rec = np.empty((B, H), dtype=z.dtype)
         h_prev = h0
         for t in range(T):
@@ -132,14 +138,16 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
             if r is not h_t:  # a user's activation may return a new array instead
                 h_t[...] = r
             h_prev = h_t
-    a = np.dot(h.reshape(T * B, H), W_y.T)
+    O = W_y.shape[0]
+    a = np.dot(h.reshape(T * B, H), W_y.T, out=empty(workspace, "a", (T * B, O), dtype))
+    y_hat = empty(workspace, "y_hat", (T * B, O), dtype) if workspace is not None else None
     if _kernels.softmax_applies(g, a):  # the same softmax compiled (rnngrad[fast])
-        y_hat = _kernels.softmax_with_bias(a, b_y).reshape(T, B, -1)
+        y_hat = _kernels.softmax_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
         a = a.reshape(T, B, -1)
     else:
         a += b_y
         a = a.reshape(T, B, -1)
-        y_hat = g.fn(a)
+        y_hat = g.fn(a) if y_hat is None else g.fn(a, out=y_hat.reshape(T, B, O))
     return Forward(x=x, h0=h0, h=h, a=a, y_hat=y_hat, z=z if keep_z else None, h_prev=states[:-1])
 
 
@@ -277,7 +285,8 @@ class RNN:
         params, x, h0 = self._prepare(x, h0)
         return forward(params, x, h0, self.f, self.g)
 
-    def gradients(self, x, y, h0=None, mask=None, reduction: str = "sum", need=None) -> Gradients:
+    def gradients(self, x, y, h0=None, mask=None, reduction: str = "sum", need=None,
+                  workspace: Workspace | None = None) -> Gradients:
         """Loss and every gradient of seed §1 by backpropagation through time.
 
         Parameters
@@ -291,6 +300,11 @@ class RNN:
         need : collection of gradient names, optional
             Compute only these of "x", "h0", "y_hat" (the parameters and "h" are
             always computed); default all.
+        workspace : :class:`rnngrad.Workspace`, optional
+            Keep the large arrays of the call in it and reuse them on the next call that
+            passes it (no fresh memory to fault in each call). The returned arrays, except
+            ``h_last``, are then the workspace's and are overwritten by that next call;
+            see :mod:`rnngrad.workspace`.
 
         Returns
         -------
@@ -300,8 +314,9 @@ class RNN:
         and ``forward`` (the :class:`Forward` cache).
         """
         params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction)
-        cache = forward(params, x, h0, self.f, self.g)
-        return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need)
+        cache = forward(params, x, h0, self.f, self.g, workspace)
+        return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need,
+                        workspace=workspace)
 
     def loss(self, x, y, h0=None, mask=None, reduction: str = "sum") -> float:
         """The loss L alone (no backward pass); arguments as :meth:`gradients`."""

@@ -1,0 +1,134 @@
+"""A gradients call with a Workspace returns exactly what a call without one returns.
+
+Oracle: the same call without a workspace (itself checked against PyTorch and finite
+differences elsewhere); results must be bit-identical, since the workspace changes only
+where the arrays live. Also pinned: the documented reuse (the next call with the same
+workspace overwrites the previous results, h_last excepted) and that results of calls
+without a workspace, or with another one, are never touched.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import COMBOS, make_targets
+from rnngrad import RNN, Workspace, _kernels
+
+
+def _paths():
+    return [True, False] if _kernels.available() else [False]
+
+
+def _assert_same(fresh, reused):
+    assert fresh.loss == reused.loss
+    assert fresh.grads.keys() == reused.grads.keys()
+    for key in fresh.grads:
+        assert fresh.grads[key].shape == reused.grads[key].shape, key
+        assert fresh.grads[key].dtype == reused.grads[key].dtype, key
+        assert np.array_equal(fresh.grads[key], reused.grads[key]), key
+    for name in ("h", "a", "y_hat"):
+        assert np.array_equal(getattr(fresh.forward, name), getattr(reused.forward, name)), name
+    assert np.array_equal(fresh.h_last, reused.h_last)
+
+
+@pytest.mark.parametrize("kernels", _paths())
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("f, g, loss", COMBOS)
+def test_workspace_equals_fresh_arrays(rng, kernels, dtype, f, g, loss):
+    D, H, O = 5, 6, 4
+    model = RNN(D, H, O, f, g, loss, dtype=dtype, seed=2)
+    ws = Workspace()
+    previous = _kernels.set_enabled(kernels)
+    try:
+        # Longer, then shorter, then wider batches through one workspace: the buffers are
+        # grown and served from their start.
+        for T, B in ((7, 3), (4, 3), (5, 4), (7, 3)):
+            x = rng.standard_normal((T, B, D))
+            y = make_targets(rng, g, loss, T, B, O)
+            h0 = rng.standard_normal((B, H)) * 0.5
+            _assert_same(model.gradients(x, y, h0=h0), model.gradients(x, y, h0=h0, workspace=ws))
+    finally:
+        _kernels.set_enabled(previous)
+
+
+@pytest.mark.parametrize("kernels", _paths())
+@pytest.mark.parametrize("need", [None, (), ("x",), ("y_hat", "h0")])
+def test_workspace_tokens_mask_mean_need(rng, kernels, need):
+    T, B, D, H, O = 6, 3, 7, 5, 4
+    model = RNN(D, H, O, dtype=np.float32, seed=0)
+    x = rng.integers(0, D, size=(T, B))
+    y = rng.integers(0, O, size=(T, B))
+    mask = np.ones((T, B), dtype=bool)
+    mask[4:, 1] = False
+    ws = Workspace()
+    previous = _kernels.set_enabled(kernels)
+    try:
+        for _ in range(2):
+            fresh = model.gradients(x, y, mask=mask, reduction="mean", need=need)
+            _assert_same(fresh, model.gradients(x, y, mask=mask, reduction="mean", need=need, workspace=ws))
+    finally:
+        _kernels.set_enabled(previous)
+
+
+def test_next_call_overwrites_results_except_h_last(rng):
+    T, B, D, H, O = 5, 2, 3, 4, 3
+    model = RNN(D, H, O, seed=1)
+    ws = Workspace()
+    x1, x2 = rng.standard_normal((2, T, B, D))
+    y = rng.integers(0, O, size=(T, B))
+    first = model.gradients(x1, y, workspace=ws)
+    kept = {k: v.copy() for k, v in first.grads.items()}
+    h_last = first.h_last.copy()
+    second = model.gradients(x2, y, workspace=ws)
+    for key in first.grads:  # documented: the same memory, now holding the second call's values
+        assert np.shares_memory(first.grads[key], second.grads[key]), key
+        assert np.array_equal(first.grads[key], second.grads[key])
+    assert not np.array_equal(first.grads["W_h"], kept["W_h"])
+    assert np.shares_memory(first.forward.h, second.forward.h)
+    assert np.array_equal(first.h_last, h_last)  # a copy, safe to carry as the next h0
+    assert not np.shares_memory(second.h_last, second.forward.h)
+
+
+def test_calls_without_or_with_another_workspace_are_untouched(rng):
+    T, B, D, H, O = 5, 2, 3, 4, 3
+    model = RNN(D, H, O, seed=1)
+    x1, x2 = rng.standard_normal((2, T, B, D))
+    y = rng.integers(0, O, size=(T, B))
+    ws_a, ws_b = Workspace(), Workspace()
+    plain = model.gradients(x1, y)
+    in_a = model.gradients(x1, y, workspace=ws_a)
+    kept = {k: v.copy() for k, v in plain.grads.items()}
+    model.gradients(x2, y)
+    model.gradients(x2, y, workspace=ws_b)
+    for key in kept:
+        assert np.array_equal(plain.grads[key], kept[key]), key
+        assert np.array_equal(in_a.grads[key], kept[key]), key
+
+
+def test_carrying_h_last_through_a_workspace(rng):
+    # Truncated BPTT as the Trainer runs it: h0 of each chunk is the previous h_last.
+    T, B, D, H, O = 4, 2, 3, 5, 3
+    model = RNN(D, H, O, seed=4)
+    ws = Workspace()
+    h_plain = h_ws = None
+    for _ in range(3):
+        x = rng.standard_normal((T, B, D))
+        y = rng.integers(0, O, size=(T, B))
+        plain = model.gradients(x, y, h0=h_plain)
+        reused = model.gradients(x, y, h0=h_ws, workspace=ws)
+        _assert_same(plain, reused)
+        h_plain, h_ws = plain.h_last, reused.h_last
+
+
+def test_workspace_array_reuse_and_growth():
+    ws = Workspace()
+    a = ws.array("h", (3, 4), np.float32)
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert np.shares_memory(a, ws.array("h", (2, 4), np.float32))  # smaller: same memory
+    assert not np.shares_memory(a, ws.array("h", (3, 4), np.float64))  # dtypes apart
+    assert not np.shares_memory(a, ws.array("dh", (3, 4), np.float32))  # names apart
+    big = ws.array("h", (5, 4), np.float32)  # larger: grown
+    assert big.shape == (5, 4) and np.shares_memory(big, ws.array("h", (3, 4), np.float32))
+    assert ws.nbytes == 5 * 4 * 4 + 3 * 4 * 8 + 3 * 4 * 4
+    assert "Workspace(3 arrays" in repr(ws)
+    ws.clear()
+    assert ws.nbytes == 0
