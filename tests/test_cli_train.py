@@ -159,3 +159,14 @@ def test_help_for_every_command():
     for cmd in ("train", "sample", "flow", "gradcheck"):
         r = rnngrad(cmd, "--help")
         assert r.returncode == 0 and "default" in r.stdout, cmd
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path, text_file):
+    out = tmp_path / "run"
+    assert rnngrad("train", "--text", text_file, "--steps", 5, "--out", out, *SMALL).returncode == 0
+    r = rnngrad("train", "--resume", out, "--hidden-size", 64, "--lr", 0.1)
+    assert r.returncode == 2
+    assert "only --steps and --time-budget may change (got --hidden-size, --lr)" in r.stderr
+    r = rnngrad("train", "--resume", out, "--steps", 8, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert rows(out)[-1]["step"] == 8

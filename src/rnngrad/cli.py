@@ -127,10 +127,24 @@ def _format_row(row, steps: int) -> str:
     return "  ".join(parts)
 
 
+_RESUME_FIXED = ("text", "task", "max_chars", "val_fraction", "hidden_size", "hidden_activation", "recurrent_init",
+                 "dtype", "optimizer", "lr", "momentum", "clip_norm", "clip_value", "chunk_len", "batch_size",
+                 "seed", "log_every", "sample_every", "checkpoint_every")
+
+
 def _cmd_train(args) -> int:
     from .train import LOSS_PLOT, METRICS, TrainConfig, Trainer
 
     if args.resume is not None:
+        # Everything but the step limit and time budget comes from the checkpoint; an option that
+        # would silently be ignored is an error instead.
+        fixed = [name for name in _RESUME_FIXED if getattr(args, name) != getattr(TrainConfig, name)]
+        if args.out is not None:
+            fixed.append("out")
+        if fixed:
+            raise ValueError(
+                "--resume continues a run with its saved settings; only --steps and --time-budget may change "
+                f"(got {', '.join('--' + n.replace('_', '-') for n in fixed)})")
         trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget)
         out = Path(args.resume)
         print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
