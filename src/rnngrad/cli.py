@@ -416,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C during training, or one outside it: files are written atomically,
+        # so whatever was saved last is intact.
+        print(f"rnngrad {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
