@@ -77,6 +77,19 @@ def test_targets_table_for_issue_shapes():
     assert "fraction_of_matmul" not in judged
 
 
+def test_targets_judged_with_a_workspace_too():
+    entry = {"contenders": {"rnngrad": {"median_s": 1.0, "gflops": 100.0},
+                            bench.WORKSPACE: {"median_s": 0.8, "gflops": 125.0},
+                            "PyTorch": {"median_s": 1.2, "ratio_to_rnngrad": 1.2}},
+             "rnngrad_gflops": 100.0, "fraction_of_matmul": 0.7, "memory": {"ratio": 1.2}}
+    judged = bench._judge(entry, bench.TARGETS[(100, 32, 256, 512, 256)])
+    assert not judged["torch_ratio"]["met"] and not judged["fraction_of_matmul"]["met"]
+    assert judged["torch_ratio_workspace"]["measured"] == pytest.approx(1.5)
+    assert judged["torch_ratio_workspace"]["met"]
+    assert judged["fraction_of_matmul_workspace"]["measured"] == pytest.approx(0.875)
+    assert judged["fraction_of_matmul_workspace"]["met"]
+
+
 def test_cli_registers_bench():
     args = build_parser().parse_args(["bench", "--tiny", "--json", "out.json"])
     assert args.command == "bench" and args.tiny and args.json == "out.json"

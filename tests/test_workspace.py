@@ -124,11 +124,12 @@ def test_workspace_array_reuse_and_growth():
     a = ws.array("h", (3, 4), np.float32)
     assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
     assert np.shares_memory(a, ws.array("h", (2, 4), np.float32))  # smaller: same memory
-    assert not np.shares_memory(a, ws.array("h", (3, 4), np.float64))  # dtypes apart
     assert not np.shares_memory(a, ws.array("dh", (3, 4), np.float32))  # names apart
     big = ws.array("h", (5, 4), np.float32)  # larger: grown
     assert big.shape == (5, 4) and np.shares_memory(big, ws.array("h", (3, 4), np.float32))
-    assert ws.nbytes == 5 * 4 * 4 + 3 * 4 * 8 + 3 * 4 * 4
-    assert "Workspace(3 arrays" in repr(ws)
+    other = ws.array("h", (3, 4), np.float64)  # another dtype: replaced
+    assert other.dtype == np.float64 and not np.shares_memory(big, other)
+    assert ws.nbytes == 3 * 4 * 8 + 3 * 4 * 4
+    assert "Workspace(2 arrays" in repr(ws)
     ws.clear()
     assert ws.nbytes == 0

@@ -31,7 +31,7 @@ import numpy as np
 from . import _kernels
 from .activations import Activation
 from .losses import Loss, fused_path
-from .workspace import Workspace, empty
+from .workspace import Workspace, buffer, empty
 
 if TYPE_CHECKING:  # model.py imports this module
     from .model import Forward
@@ -200,15 +200,15 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     # §3A: output layer over all rows at once.
     L, da, dy_hat = output_backward(cache.a.reshape(N, -1), cache.y_hat.reshape(N, -1), y, w,
                                     g, loss, want_dy_hat="y_hat" in need, workspace=ws)
-    dW_y = np.dot(da.T, h_rows, out=empty(ws, "dW_y", (da.shape[1], H), dtype))
+    dW_y = np.dot(da.T, h_rows, out=buffer(ws, "dW_y", (da.shape[1], H), dtype))
     # Column sums as a product with a ones vector: NumPy's sum over the long axis of an
     # (N, small) array runs row by row and is ten times slower than this BLAS call.
     ones = np.ones(N, dtype=da.dtype)
-    db_y = np.dot(ones, da, out=empty(ws, "db_y", (da.shape[1],), dtype))
+    db_y = np.dot(ones, da, out=buffer(ws, "db_y", (da.shape[1],), dtype))
 
     # §3B: dh starts as the direct term da_t W_y and gains the recursive term in the loop;
     # dz starts as f'(z_t) for every t (one vectorised call) and is scaled by dh_t in place.
-    dh = np.dot(da, W_y, out=empty(ws, "dh", (N, H), dtype)).reshape(T, B, H)
+    dh = np.dot(da, W_y, out=buffer(ws, "dh", (N, H), dtype)).reshape(T, B, H)
     dz = empty(ws, "dz", (T, B, H), dtype)
     kind = _kernels.recurrence_kind(f, h) if cache.z is None else None
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
@@ -225,7 +225,7 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     # §3C: parameter gradients as single products over all steps.
     dz_rows = dz.reshape(N, H)
     if cache.h_prev is not None:
-        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=empty(ws, "dW_h", (H, H), dtype))
+        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=buffer(ws, "dW_h", (H, H), dtype))
     else:  # a cache built without h_prev: the t = 1 term apart
         dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
         dW_h += np.dot(dz[0].T, h0)
@@ -233,15 +233,15 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     grads = {
         "W_y": dW_y,
         "b_y": db_y,
-        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1], out=empty(ws, "dW_x", W_x.shape, dtype)),
+        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1], out=buffer(ws, "dW_x", W_x.shape, dtype)),
         "W_h": dW_h,
-        "b_h": np.dot(ones, dz_rows, out=empty(ws, "db_h", (H,), dtype)),
+        "b_h": np.dot(ones, dz_rows, out=buffer(ws, "db_h", (H,), dtype)),
         "h": dh,
     }
     if "y_hat" in need:
         grads["y_hat"] = dy_hat.reshape(T, B, -1)
     if "x" in need and x.ndim == 3:
-        grads["x"] = np.dot(dz_rows, W_x, out=empty(ws, "dx", (N, W_x.shape[1]), dtype)).reshape(T, B, -1)
+        grads["x"] = np.dot(dz_rows, W_x, out=buffer(ws, "dx", (N, W_x.shape[1]), dtype)).reshape(T, B, -1)
     if "h0" in need:
-        grads["h0"] = np.dot(dz[0], W_h, out=empty(ws, "dh0", (B, H), dtype))
+        grads["h0"] = np.dot(dz[0], W_h, out=buffer(ws, "dh0", (B, H), dtype))
     return Gradients(loss=L, grads=grads, h_last=h[-1].copy(), forward=cache)

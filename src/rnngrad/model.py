@@ -34,7 +34,7 @@ from .validation import (
     check_positive_int,
     check_targets,
 )
-from .workspace import Workspace, empty
+from .workspace import Workspace, buffer, empty
 
 __all__ = ["RNN", "Forward", "forward", "input_projection", "PARAM_NAMES"]
 
@@ -119,14 +119,17 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     keep_z = f.derivative_needs_input
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
     z = input_projection(x, params["W_x"], params["b_h"],
-                         out=empty(workspace, "z", (T, B, H), dtype) if keep_z else h)
+                         out=buffer(workspace, "z", (T, B, H), dtype) if keep_z else h)
     kind = None if keep_z else _kernels.recurrence_kind(f, z)
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
         _kernels.forward_recurrence(z, h0, W_h, kind)
     else:
         # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
-        W_hT = empty(workspace, "W_hT", (H, H), dtype)
-        np.copyto(W_hT, W_h.T)
+        if workspace is None:
+            W_hT = np.ascontiguousarray(W_h.T)
+        else:
+            W_hT = workspace.array("W_hT", (H, H), dtype)
+            np.copyto(W_hT, W_h.T)
         rec = np.empty((B, H), dtype=z.dtype)
         h_prev = h0
         for t in range(T):
@@ -139,8 +142,8 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
                 h_t[...] = r
             h_prev = h_t
     O = W_y.shape[0]
-    a = np.dot(h.reshape(T * B, H), W_y.T, out=empty(workspace, "a", (T * B, O), dtype))
-    y_hat = empty(workspace, "y_hat", (T * B, O), dtype) if workspace is not None else None
+    a = np.dot(h.reshape(T * B, H), W_y.T, out=buffer(workspace, "a", (T * B, O), dtype))
+    y_hat = buffer(workspace, "y_hat", (T * B, O), dtype)
     if _kernels.softmax_applies(g, a):  # the same softmax compiled (rnngrad[fast])
         y_hat = _kernels.softmax_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
         a = a.reshape(T, B, -1)

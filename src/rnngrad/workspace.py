@@ -19,34 +19,38 @@ Arrays that a user's own activation or loss returns are its own, not the workspa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["Workspace", "empty"]
+__all__ = ["Workspace", "buffer", "empty"]
 
 
 class Workspace:
     """Named arrays reused across calls; pass one to :meth:`rnngrad.RNN.gradients`.
 
-    One buffer per (name, dtype) grows to the largest size asked for, and a smaller
-    request (a shorter last chunk) is served from its start, so changing T or B does
-    not reallocate. Not thread-safe: one workspace per concurrent caller.
+    One buffer per name grows to the largest size asked for, and a smaller request (a
+    shorter last chunk) is served from its start, so changing T or B does not reallocate. Not thread-safe: one workspace per concurrent caller.
     """
 
     def __init__(self):
-        self._buffers: dict = {}
+        self._buffers: dict = {}  # name -> 1-D array
+        self._views: dict = {}  # name -> the array last handed out, a view of the buffer
 
     def array(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``, the same memory
-        each time the same name is asked for."""
-        dtype = np.dtype(dtype)
-        size = 1
-        for n in shape:
-            size *= n
-        key = (name, dtype)
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < size:
-            buf = self._buffers[key] = np.empty(size, dtype=dtype)
-        return buf[:size].reshape(shape)
+        each time the same name is asked for (a new dtype, or a larger size, replaces it)."""
+        last = self._views.get(name)
+        # The common case, the same shape as last time, costs one lookup (small models
+        # ask for a dozen arrays per call, each a microsecond of Python otherwise).
+        if last is not None and last.shape == shape and last.dtype == dtype:
+            return last
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(size, dtype=dtype)
+        view = self._views[name] = buf[:size].reshape(shape)
+        return view
 
     @property
     def nbytes(self) -> int:
@@ -56,6 +60,7 @@ class Workspace:
     def clear(self) -> None:
         """Drop every array (the memory is freed once no result refers to it)."""
         self._buffers.clear()
+        self._views.clear()
 
     def __repr__(self) -> str:
         return f"Workspace({len(self._buffers)} arrays, {self.nbytes / 2**20:.1f} MiB)"
@@ -65,4 +70,11 @@ def empty(workspace: Workspace | None, name: str, shape: tuple, dtype) -> np.nda
     """``np.empty(shape, dtype)``, or the workspace's array ``name`` when one is given."""
     if workspace is None:
         return np.empty(shape, dtype=dtype)
+    return workspace.array(name, shape, dtype)
+
+
+def buffer(workspace: Workspace | None, name: str, shape: tuple, dtype) -> np.ndarray | None:
+    """The workspace's array ``name`` to pass as ``out=``, or None (NumPy allocates) without one."""
+    if workspace is None:
+        return None
     return workspace.array(name, shape, dtype)
