@@ -12,6 +12,7 @@ import pytest
 
 from conftest import COMBOS, make_targets
 from rnngrad import RNN, Workspace, _kernels
+from rnngrad.optim import SGD, Adam, clip_grad_norm
 
 
 def _paths():
@@ -133,3 +134,29 @@ def test_workspace_array_reuse_and_growth():
     assert "Workspace(2 arrays" in repr(ws)
     ws.clear()
     assert ws.nbytes == 0
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: Adam(p, lr=1e-2), lambda p: SGD(p, lr=0.1, momentum=0.9)])
+def test_training_steps_with_a_workspace_equal_fresh_arrays(rng, make_opt):
+    # The Trainer's step: gradients, clip in place, optimizer step, carry h_last. Optimizer
+    # state must not alias the workspace's gradient arrays (it is written in place, so
+    # the next call would corrupt it if it did).
+    T, B, D, H, O = 5, 3, 6, 7, 6
+    plain = RNN(D, H, O, dtype=np.float32, seed=5)
+    reused = plain.copy()
+    opt_plain, opt_reused = make_opt(plain.params), make_opt(reused.params)
+    ws = Workspace()
+    h_plain = h_reused = None
+    for _ in range(4):
+        x = rng.integers(0, D, size=(T, B))
+        y = rng.integers(0, O, size=(T, B))
+        r1 = plain.gradients(x, y, h0=h_plain, reduction="mean", need=())
+        r2 = reused.gradients(x, y, h0=h_reused, reduction="mean", need=(), workspace=ws)
+        assert r1.loss == r2.loss
+        n1, n2 = clip_grad_norm(r1.grads, 0.5), clip_grad_norm(r2.grads, 0.5)
+        assert n1 == n2
+        opt_plain.step(r1.grads)
+        opt_reused.step(r2.grads)
+        h_plain, h_reused = r1.h_last, r2.h_last
+    for key in plain.params:
+        assert np.array_equal(plain.params[key], reused.params[key]), key
