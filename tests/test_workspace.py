@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import COMBOS, make_targets
-from rnngrad import RNN, Workspace, _kernels
+from rnngrad import RNN, Activation, Workspace, _kernels
 from rnngrad.optim import SGD, Adam, clip_grad_norm
 
 
@@ -160,3 +160,47 @@ def test_training_steps_with_a_workspace_equal_fresh_arrays(rng, make_opt):
         h_plain, h_reused = r1.h_last, r2.h_last
     for key in plain.params:
         assert np.array_equal(plain.params[key], reused.params[key]), key
+
+
+class _Softplus(Activation):
+    """A user's hidden activation: f' from z (so the forward pass keeps z), and ``fn``
+    ignores ``out`` and returns a new array, as a user's code may."""
+
+    name = "softplus"
+    derivative_needs_input = True
+
+    def fn(self, z, out=None):
+        return np.logaddexp(0, z)
+
+    def derivative(self, z, out):
+        return 1 / (1 + np.exp(-z))
+
+
+class _Square(Activation):
+    """A user's output activation (element-wise, new arrays, no ``out``)."""
+
+    name = "square"
+
+    def fn(self, z, out=None):
+        return z * z
+
+    def derivative(self, z, out):
+        return 2 * z
+
+
+@pytest.mark.parametrize("kernels", _paths())
+def test_user_activations_with_a_workspace(rng, kernels):
+    T, B, D, H, O = 5, 3, 4, 6, 3
+    model = RNN(D, H, O, _Softplus(), _Square(), "mse", seed=3)
+    ws = Workspace()
+    previous = _kernels.set_enabled(kernels)
+    try:
+        for _ in range(2):
+            x = rng.standard_normal((T, B, D))
+            y = rng.standard_normal((T, B, O))
+            fresh = model.gradients(x, y)
+            reused = model.gradients(x, y, workspace=ws)
+            _assert_same(fresh, reused)
+            assert np.array_equal(fresh.forward.z, reused.forward.z)
+    finally:
+        _kernels.set_enabled(previous)
