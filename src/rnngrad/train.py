@@ -38,6 +38,7 @@ from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, tr
 from .model import RNN, forward
 from .optim import clip_grad_norm, clip_grad_value, make_optimizer
 from .validation import check_choice, check_positive_int
+from .workspace import Workspace
 
 __all__ = ["TrainConfig", "Trainer", "TextData", "TaskData", "LogRow", "CHECKPOINT", "METRICS", "LOSS_PLOT"]
 
@@ -265,6 +266,10 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
         self.progress = Progress()
         self.h = None  # carried hidden state (text), (B, H)
+        # The large arrays of each gradients call are reused step after step (no page faults from
+        # fresh allocations). Safe because a step's gradients are used up before the next step;
+        # h_last, which is carried, is a copy.
+        self.workspace = Workspace()
 
     # --- checkpoints -------------------------------------------------------------------
     @property
@@ -373,7 +378,8 @@ class Trainer:
         cfg, p = self.config, self.progress
         b = self.data.batch(p.step, cfg)
         h0 = self.h if (b.carry and self.h is not None) else None
-        res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=())
+        res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
+                                   workspace=self.workspace)
         grads = res.grads
         norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
         if cfg.clip_value:
