@@ -204,3 +204,21 @@ def test_user_activations_with_a_workspace(rng, kernels):
             assert np.array_equal(fresh.forward.z, reused.forward.z)
     finally:
         _kernels.set_enabled(previous)
+
+
+@pytest.mark.parametrize("kernels", _paths())
+@pytest.mark.parametrize("f, g, loss", COMBOS[:5])
+def test_loss_with_a_workspace(rng, kernels, f, g, loss):
+    T, B, D, H, O = 6, 2, 4, 5, 3
+    model = RNN(D, H, O, f, g, loss, dtype=np.float32, seed=1)
+    ws = Workspace()
+    previous = _kernels.set_enabled(kernels)
+    try:
+        for T in (6, 4):
+            x = rng.standard_normal((T, B, D))
+            y = make_targets(rng, g, loss, T, B, O)
+            assert model.loss(x, y, reduction="mean") == model.loss(x, y, reduction="mean", workspace=ws)
+            # gradients and loss may share a workspace
+            assert model.gradients(x, y, workspace=ws).loss == model.loss(x, y, workspace=ws)
+    finally:
+        _kernels.set_enabled(previous)

@@ -86,13 +86,14 @@ def _weighted_sum(rows: np.ndarray, w: np.ndarray | None) -> float:
     return float(np.dot(w, np.where(w != 0, rows, 0)))
 
 
-def output_loss(cache: "Forward", y: np.ndarray, w: np.ndarray | None, g: Activation, loss: Loss) -> float:
+def output_loss(cache: "Forward", y: np.ndarray, w: np.ndarray | None, g: Activation, loss: Loss,
+                workspace: Workspace | None = None) -> float:
     """L alone, from the forward cache; targets as rows (see :func:`rnngrad.validation.check_targets`)."""
     N = cache.a.shape[0] * cache.a.shape[1]
     a = cache.a.reshape(N, -1)
     y_hat = cache.y_hat.reshape(N, -1)
     fused = fused_path(g, loss)
-    rows = fused(a, y_hat, y, False)[0] if fused else loss.value(y_hat, y)
+    rows = fused(a, y_hat, y, False, workspace)[0] if fused else loss.value(y_hat, y)
     return _weighted_sum(rows, w)
 
 

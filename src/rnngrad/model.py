@@ -321,11 +321,13 @@ class RNN:
         return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need,
                         workspace=workspace)
 
-    def loss(self, x, y, h0=None, mask=None, reduction: str = "sum") -> float:
-        """The loss L alone (no backward pass); arguments as :meth:`gradients`."""
+    def loss(self, x, y, h0=None, mask=None, reduction: str = "sum",
+             workspace: Workspace | None = None) -> float:
+        """The loss L alone (no backward pass); arguments as :meth:`gradients` (a workspace
+        passed here overwrites the results of an earlier call with it, too)."""
         params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction)
-        cache = forward(params, x, h0, self.f, self.g)
-        return output_loss(cache, y, weights, self.g, self.loss_fn)
+        cache = forward(params, x, h0, self.f, self.g, workspace)
+        return output_loss(cache, y, weights, self.g, self.loss_fn, workspace)
 
     def astype(self, dtype) -> "RNN":
         """A copy of this model with parameters (and computation) in ``dtype``."""
