@@ -222,3 +222,16 @@ def test_loss_with_a_workspace(rng, kernels, f, g, loss):
             assert model.gradients(x, y, workspace=ws).loss == model.loss(x, y, workspace=ws)
     finally:
         _kernels.set_enabled(previous)
+
+
+def test_performance_doc_workspace_example_runs():
+    # docs/performance.md shows a training loop with a Workspace; it must run as pasted.
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "performance.md").read_text(encoding="utf-8")
+    section = text[text.index("### Third pass"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    scope = {}
+    exec(compile(code.replace("print(ws)", "result = repr(ws)"), "performance.md", "exec"), scope)
+    assert scope["result"].startswith("Workspace(")
