@@ -170,3 +170,40 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, text_file):
     r = rnngrad("train", "--resume", out, "--steps", 8, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert rows(out)[-1]["step"] == 8
+
+
+def test_time_budget_is_per_invocation_so_resume_continues(tmp_path, text_file):
+    out = tmp_path / "run"
+    r = rnngrad("train", "--text", text_file, "--steps", 10**6, "--time-budget", 0.3, "--out", out,
+                "--checkpoint-every", 10**6, *[a for a in SMALL if a not in ("--checkpoint-every", "20")])
+    assert r.returncode == 0 and "time budget" in r.stdout, r.stderr
+    first = rows(out)[-1]["step"]
+    # Resumed without --time-budget, the saved 0.3 s applies afresh: it trains again (at least one
+    # step; with the compiled kernels a new process's first step includes loading them).
+    r = rnngrad("train", "--resume", out, "--steps", first + 20, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert rows(out)[-1]["step"] > first
+    r = rnngrad("train", "--resume", out, "--steps", first + 20, "--time-budget", 60, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert rows(out)[-1]["step"] == first + 20
+
+
+def test_flow_without_matplotlib_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from rnngrad.cli import main; "
+            f"sys.exit(main(['flow', '-T', '5', '--out', r'{tmp_path / 'f.png'}']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "pip install 'rnngrad[cli]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_damaged_training_checkpoint_is_refused_clearly(tmp_path):
+    from rnngrad import RNN
+    from rnngrad.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "bad" / "checkpoint.npz", RNN(3, 4, 3), {"config": [1, 2]})
+    r = rnngrad("train", "--resume", tmp_path / "bad")
+    assert r.returncode == 2 and "not a training checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_momentum_for_adam_is_refused(tmp_path, text_file):
+    r = rnngrad("train", "--text", text_file, "--momentum", 0.9, "--out", tmp_path / "r", *SMALL)
+    assert r.returncode == 2 and "momentum applies to the sgd and rmsprop optimizers" in r.stderr

@@ -180,3 +180,22 @@ def test_cross_entropy_kernel_equals_numpy_path(rng, dtype, want_dy_hat):
             assert f is None
         else:
             np.testing.assert_allclose(f, s, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_nan_and_inf_pass_through_the_compiled_loop_as_through_numpy(activation):
+    """A diverging run must stay visible: NaN in, NaN out, as np.tanh / np.maximum give."""
+    m = RNN(2, 3, 2, hidden_activation=activation, dtype=np.float32, seed=0)
+    x = np.zeros((3, 1, 2), dtype=np.float32)
+    h0 = np.array([[np.nan, np.inf, -np.inf]], dtype=np.float32)
+    m.params["W_h"][...] = np.eye(3, dtype=np.float32)
+    params = m.checked_params()
+    from rnngrad.model import forward
+    fast = forward(params, x, h0, m.f, m.g)
+    previous = _kernels.set_enabled(False)
+    try:
+        slow = forward(params, x, h0, m.f, m.g)
+    finally:
+        _kernels.set_enabled(previous)
+    np.testing.assert_array_equal(np.isnan(fast.h), np.isnan(slow.h))
+    assert np.isnan(fast.h).any()

@@ -158,3 +158,38 @@ def test_bad_reduction(model, data):
     x, y = data
     with pytest.raises(ValueError, match=r"unknown reduction 'avg'; expected one of \['mean', 'sum'\]"):
         model.gradients(x, y, reduction="avg")
+
+
+def test_seed_and_ragged_input_and_need_string(model, data):
+    x, y = data
+    with pytest.raises(TypeError, match="seed must be None, a non-negative integer or a numpy.random.Generator"):
+        rnngrad.RNN(D, H, O, seed="abc")
+    with pytest.raises(ValueError, match="seed must be a non-negative integer; got -1"):
+        rnngrad.RNN(D, H, O, seed=-1)
+    with pytest.raises(ValueError, match="x must be a rectangular array of numbers"):
+        model.forward([[[1.0, 2.0]], [[3.0]]])
+    assert set(model.gradients(x, y, need="h0").grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
+
+
+def test_nan_padding_in_masked_targets_is_fine_and_errors_index_y_itself():
+    m = rnngrad.RNN(D, H, O, output_activation="identity", loss="mse", seed=0)
+    x = np.zeros((5, 2, D))
+    y = np.zeros((5, 2, O))
+    y[4, 1] = np.nan
+    mask = np.ones((5, 2), dtype=bool)
+    mask[4, 1] = False
+    assert np.isfinite(m.gradients(x, y, mask=mask).loss)
+    with pytest.raises(ValueError, match=r"y contains NaN or Inf \(first at index \(4, 1, 0\)\)"):
+        m.gradients(x, y)
+
+
+def test_binary_cross_entropy_needs_an_elementwise_output():
+    with pytest.raises(ValueError, match="needs an element-wise output activation"):
+        rnngrad.RNN(D, H, O, output_activation="softmax", loss="binary_cross_entropy")
+
+
+def test_huge_but_finite_inputs_raise_no_warning(model):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.forward(np.full((2, 1, D), 1e200))

@@ -29,6 +29,12 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -27,7 +27,8 @@ def _tanh32(x):
     # five times takes the series on u = 2a/32 back to 2a without cancellation. From
     # |x| = 9, tanh rounds to 1 in float32.
     a = abs(np.float64(x))
-    a = a if a < 9.0 else 9.0
+    if a > 9.0:  # False for NaN, which must come out NaN (as np.tanh) so divergence shows
+        a = 9.0
     u = a * (2.0 / 32.0)
     p = _C11
     p = p * u + _C10
@@ -82,7 +83,8 @@ def _activate(kind, v, one):
             v[j] = _tanh(v[j])
     elif kind == _RELU:
         for j in range(v.shape[0]):
-            v[j] = v[j] if v[j] > zero else zero
+            # v <= 0 is False for NaN, which passes through as np.maximum lets it.
+            v[j] = zero if v[j] <= zero else v[j]
     elif kind == _SIGMOID:
         for j in range(v.shape[0]):
             v[j] = _sigmoid(v[j])

@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except ImportError as err:  # an optional dependency (matplotlib for flow) is missing
+        print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # A second Ctrl-C during training, or one outside it: files are written atomically,
         # so whatever was saved last is intact.

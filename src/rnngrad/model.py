@@ -23,7 +23,7 @@ import numpy as np
 from . import _kernels
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from .bptt import Gradients, backward, loss_weights, output_loss
-from .losses import LOSSES, Loss, resolve_loss
+from .losses import LOSSES, BinaryCrossEntropy, Loss, resolve_loss
 from .validation import (
     check_choice,
     check_dtype,
@@ -32,6 +32,7 @@ from .validation import (
     check_mask,
     check_params,
     check_positive_int,
+    check_seed,
     check_targets,
 )
 from .workspace import Workspace, buffer, empty
@@ -231,9 +232,15 @@ class RNN:
                 f"{self.g.name!r} does not produce them; use output_activation='softmax' "
                 f"(or 'sigmoid' for independent binary outputs), or loss='mse'"
             )
+        if isinstance(self.loss_fn, BinaryCrossEntropy) and not self.g.elementwise:
+            # Each unit is its own binary probability; through softmax's coupled outputs the loss
+            # has no stable form from the logits and saturates to inf.
+            raise ValueError(
+                f"loss 'binary_cross_entropy' treats each output as an independent probability and "
+                f"needs an element-wise output activation such as 'sigmoid'; {self.g.name!r} is not")
         check_choice("recurrent_init", recurrent_init, RECURRENT_INITS)
         self.recurrent_init = recurrent_init
-        self.params = self._init_params(np.random.default_rng(seed))
+        self.params = self._init_params(check_seed(seed))
 
     def _init_params(self, rng: np.random.Generator) -> dict:
         H = self.hidden_size
@@ -316,6 +323,8 @@ class RNN:
         "y_hat" (T, B, O); "x" (T, B, D) for float inputs; "h0" (B, H)), ``h_last`` (B, H)
         and ``forward`` (the :class:`Forward` cache).
         """
+        if isinstance(need, str):  # need="h0" means ("h0",), not ("h", "0")
+            need = (need,)
         params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction)
         cache = forward(params, x, h0, self.f, self.g, workspace)
         return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need,

@@ -25,7 +25,7 @@ def _figure(figsize):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'rnngrad[plots]' (or matplotlib)") from None
+        raise ImportError("figures need matplotlib: pip install 'rnngrad[cli]' (or matplotlib)") from None
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -124,9 +124,9 @@ def plot_flow(results: Sequence, path, heatmap: int | str = 0, title: str | None
     else:
         raise ValueError(f"heatmap must be an index in [0, {len(results)}) or a label; got {heatmap!r}")
 
+    fig = _figure((12.0, 4.6))  # first: it explains a missing matplotlib
     from matplotlib.colors import LogNorm
 
-    fig = _figure((12.0, 4.6))
     ax, hx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
     # A log axis cannot show 0; the smallest positive double stands in for an exact zero.
     tiny = np.finfo(np.float64).tiny

@@ -100,6 +100,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number; got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1); got {self.momentum!r}")
+        if self.momentum and self.optimizer not in ("sgd", "rmsprop"):
+            raise ValueError(f"momentum applies to the sgd and rmsprop optimizers, not {self.optimizer!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r}")
         return self
@@ -300,6 +302,10 @@ class Trainer:
         """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit)."""
         out_dir = Path(out_dir)
         meta, arrays = load_checkpoint(out_dir / CHECKPOINT)
+        for key in ("config", "optimizer", "progress", "data"):
+            if not isinstance(meta.get(key), dict):
+                raise CheckpointError(f"checkpoint in {str(out_dir)!r} is not a training checkpoint "
+                                      f"(no {key!r} section); train with rnngrad train to make one")
         try:
             config = TrainConfig.from_dict(meta["config"])
             if steps is not None:
@@ -321,8 +327,8 @@ class Trainer:
             trainer.optimizer.load_state_dict(opt)
             trainer.progress = Progress(**meta["progress"])
             trainer.h = arrays.get("state/h")
-        except (KeyError, TypeError) as err:
-            raise CheckpointError(f"checkpoint in {str(out_dir)!r} is incomplete: {err}") from None
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint in {str(out_dir)!r} is incomplete or damaged: {err}") from None
         # Keep exactly the metric rows the checkpoint has seen; later ones (written after
         # the last save, before the interruption) are recomputed by the resumed run.
         trainer.progress.rows = [r for r in trainer.read_metrics() if r["step"] <= trainer.progress.step]
@@ -419,8 +425,9 @@ class Trainer:
             if on_log:
                 on_log(row)
         status = "done"
+        start = p.elapsed_s  # the budget is per invocation, so a resumed run gets a fresh one
         while p.step < cfg.steps:
-            if cfg.time_budget is not None and p.elapsed_s >= cfg.time_budget:
+            if cfg.time_budget is not None and p.elapsed_s - start >= cfg.time_budget:
                 status = "time"
                 break
             t0 = time.perf_counter()

@@ -18,6 +18,7 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_dtype",
+    "check_seed",
     "as_array",
     "check_shape",
     "all_finite",
@@ -49,6 +50,19 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_seed(seed):
+    """None, a non-negative int or a numpy Generator (anything np.random.default_rng takes as a seed
+    that users mean as one); returns a Generator."""
+    if isinstance(seed, np.random.Generator) or seed is None:
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None, a non-negative integer or a numpy.random.Generator; "
+                        f"got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed}")
+    return np.random.default_rng(int(seed))
+
+
 def check_dtype(dtype) -> np.dtype:
     try:
         dt = np.dtype(dtype)
@@ -63,7 +77,10 @@ def as_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
     """``value`` as an ndarray of real numbers (converted to ``dtype`` when given)."""
     if value is None:
         raise TypeError(f"{name} must be an array; got None")
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be a rectangular array of numbers (ragged nested lists are not)") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers; got an array of dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
@@ -94,10 +111,12 @@ def all_finite(arr: np.ndarray) -> bool:
     cheaper than ``np.isfinite(arr).all()``, which allocates a boolean array and reduces
     it. This is paid on every call for every parameter and input, so it counts for small
     models. Only a sum of squares that overflows (entries beyond ~1e19 in float32, ~1e154
-    in float64; NumPy then warns of the overflow) takes the exact element-wise test.
+    in float64) takes the exact element-wise test.
     """
     flat = arr.reshape(-1)
-    if math.isfinite(np.dot(flat, flat)):
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us to the exact test
+        total = np.dot(flat, flat)
+    if math.isfinite(total):
         return True
     return bool(np.isfinite(arr).all())
 
@@ -233,8 +252,9 @@ def check_targets(y, loss, T: int, B: int, O: int, dtype: np.dtype, mask: np.nda
     if kind == "index_or_distribution":
         labels += " (or (T, B) class indices)"
     check_shape("y", arr, (T, B, O), labels)
-    arr = as_array("y", arr, dtype).reshape(T * B, O)
-    check_finite("y", arr)
+    full = as_array("y", arr, dtype)
+    check_finite("y", full if mask is None else np.where(mask[..., None], full, 0))
+    arr = full.reshape(T * B, O)
     live = arr if keep is None else arr[keep]
     if kind in ("unit_interval", "index_or_distribution") and live.size:
         if live.min() < 0 or live.max() > 1:
