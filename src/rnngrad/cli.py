@@ -207,7 +207,8 @@ def _cmd_train(args) -> int:
     p = trainer.progress
     final = p.rows[-1]
     below = 1 - final["val_loss"] / trainer.data.baseline
-    print(f"step {p.step}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
+    at = f"step {p.step}" if final["step"] == p.step else f"step {p.step} (last logged at step {final['step']})"
+    print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
           f"({below:.0%} below the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
     if trainer.data.vocab is not None and status != "stopped":
         print(f"--- sample (temperature 0.8) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
