@@ -67,18 +67,23 @@ def test_default_run_folder_is_new_and_named(tmp_path, text_file):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
-def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path, text_file):
-    out = tmp_path / "interrupted"
+def interrupt_training(out, text_file, signum, min_rows):
+    """Start a long training run, wait until it has logged ``min_rows`` rows, send ``signum``."""
     proc = subprocess.Popen([sys.executable, "-m", "rnngrad", "train", "--text", str(text_file), "--steps",
                              "1000000", "--out", str(out), *SMALL], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (out / "metrics.jsonl").exists() and len(rows(out)) >= 4:
-            break
+    metrics, deadline = out / "metrics.jsonl", time.time() + 120
+    # Count complete lines only: the file may be caught mid-append.
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= min_rows):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
+    return proc, stdout, stderr
+
+
+def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path, text_file):
+    out = tmp_path / "interrupted"
+    proc, stdout, stderr = interrupt_training(out, text_file, signal.SIGINT, min_rows=4)
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert "stopped by SIGINT" in stdout and f"rnngrad train --resume {out}" in stdout
     assert "Traceback" not in stderr
@@ -95,14 +100,7 @@ def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path, text_fil
 
 def test_sigterm_also_saves(tmp_path, text_file):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rnngrad", "train", "--text", str(text_file), "--steps",
-                             "1000000", "--out", str(out), *SMALL], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=120)
+    proc, stdout, _ = interrupt_training(out, text_file, signal.SIGTERM, min_rows=1)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in stdout and (out / "checkpoint.npz").exists()
 
