@@ -110,16 +110,38 @@ def _scale_by_derivative(kind, h, dh, dz, one):
 
 
 @_jit
-def _forward(z, h0, W_hT, kind, one):
+def _add_activate(kind, v, b, rec, one):
+    # v[j] = f((v[j] + b[j]) + rec[j]): one step's bias, recurrent term and activation in a
+    # single pass, summed in the order of the NumPy loop ((W_x x_t + b_h) + h_{t-1} W_h^T).
+    # v does not overlap b or rec, so each loop vectorises.
+    zero = one - one
+    if kind == _TANH:
+        for j in range(v.shape[0]):
+            v[j] = _tanh((v[j] + b[j]) + rec[j])
+    elif kind == _RELU:
+        for j in range(v.shape[0]):
+            s = (v[j] + b[j]) + rec[j]
+            v[j] = zero if s <= zero else s  # NaN passes through, as with np.maximum
+    elif kind == _SIGMOID:
+        for j in range(v.shape[0]):
+            v[j] = _sigmoid((v[j] + b[j]) + rec[j])
+    else:
+        for j in range(v.shape[0]):
+            v[j] = (v[j] + b[j]) + rec[j]
+
+
+@_jit
+def _forward(z, h0, W_hT, b_h, kind, one):
     T, B, H = z.shape
     rec = np.empty((B, H), dtype=z.dtype)
     flat_rec = rec.reshape(B * H)
+    b = np.empty(B * H, dtype=z.dtype)  # b_h once per row of a step, for one flat loop
+    for j in range(B * H):
+        b[j] = b_h[j % H]
     for t in range(T):
         np.dot(h0 if t == 0 else z[t - 1], W_hT, rec)
-        z_t = z[t].reshape(B * H)  # a view: one flat loop per step, not one call per row
-        for j in range(B * H):
-            z_t[j] += flat_rec[j]
-        _activate(kind, z_t, one)
+        # z[t] as a flat view: one loop per step, not one call per row
+        _add_activate(kind, z[t].reshape(B * H), b, flat_rec, one)
 
 
 @_jit

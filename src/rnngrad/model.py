@@ -75,9 +75,10 @@ class Forward:
         return self.h[-1]
 
 
-def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray,
+def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray | None,
                      out: np.ndarray | None = None) -> np.ndarray:
-    """W_x x_t + b_h for every t at once: (T, B, H), a new array or ``out``.
+    """W_x x_t + b_h for every t at once: (T, B, H), a new array or ``out``; W_x x_t alone
+    if ``b_h`` is None.
 
     x (T, B, D) floats: one (T·B, D) @ (D, H) product. x (T, B) token indices: the
     one-hot product W_x e_k is column k of W_x, so this is a row lookup in W_x^T.
@@ -90,7 +91,8 @@ def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray,
     else:
         T, B, D = x.shape
         np.dot(x.reshape(T * B, D), W_x.T, out=out.reshape(T * B, -1))
-    out += b_h
+    if b_h is not None:
+        out += b_h
     return out
 
 
@@ -119,11 +121,12 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     h = states[1:]
     keep_z = f.derivative_needs_input
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
-    z = input_projection(x, params["W_x"], params["b_h"],
+    kind = None if keep_z else _kernels.recurrence_kind(f, h)
+    # The compiled loop adds b_h in its step (one pass over z fewer); the NumPy loop needs it here.
+    z = input_projection(x, params["W_x"], params["b_h"] if kind is None else None,
                          out=buffer(workspace, "z", (T, B, H), dtype) if keep_z else h)
-    kind = None if keep_z else _kernels.recurrence_kind(f, z)
     if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
-        _kernels.forward_recurrence(z, h0, W_h, kind)
+        _kernels.forward_recurrence(z, h0, W_h, params["b_h"], kind)
     else:
         # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
         if workspace is None:
