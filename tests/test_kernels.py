@@ -199,3 +199,45 @@ def test_nan_and_inf_pass_through_the_compiled_loop_as_through_numpy(activation)
         _kernels.set_enabled(previous)
     np.testing.assert_array_equal(np.isnan(fast.h), np.isnan(slow.h))
     assert np.isnan(fast.h).any()
+
+
+def test_softmax_kernel_keeps_nan_and_inf_rows_like_numpy():
+    """NaN or +inf anywhere in a row (first position included), or a row of -inf, gives a NaN
+    row as NumPy's softmax does; a single -inf is an exact 0."""
+    a = np.zeros((6, 16), dtype=np.float32)
+    a[0, 0] = np.nan
+    a[1, 5] = np.nan
+    a[2, 3] = np.inf
+    a[3, 0] = -np.inf
+    a[4, :] = -np.inf
+    a[5, 15] = np.inf
+    b = np.zeros(16, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        ref = Softmax().fn(a.copy())
+    y_hat = _kernels.softmax_with_bias(a.copy(), b)
+    np.testing.assert_array_equal(np.isnan(y_hat), np.isnan(ref))
+    assert y_hat[3, 0] == 0
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_forward_kernel_adds_the_bias_in_numpys_order(rng, hidden):
+    """The compiled step adds b_h inside the loop, as (W_x x_t + b_h) + h_{t-1} W_h^T: with an
+    identity W_h (an exact product) the float32 states of relu and identity equal the NumPy
+    loop's bit for bit."""
+    m = RNN(5, 8, 3, hidden_activation=hidden, dtype=np.float32, seed=3)
+    m.params["W_h"][...] = np.eye(8, dtype=np.float32)
+    m.params["b_h"][...] = rng.standard_normal(8).astype(np.float32)
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    params = m.checked_params()
+    h0 = np.zeros((2, 8), dtype=np.float32)
+    from rnngrad.model import forward
+    fast = forward(params, x, h0, m.f, m.g)
+    previous = _kernels.set_enabled(False)
+    try:
+        slow = forward(params, x, h0, m.f, m.g)
+    finally:
+        _kernels.set_enabled(previous)
+    if hidden in ("relu", "identity"):
+        np.testing.assert_array_equal(fast.h, slow.h)
+    else:  # the kernel's tanh and sigmoid round differently from NumPy's (within an ulp or two)
+        np.testing.assert_allclose(fast.h, slow.h, rtol=4e-7, atol=0)

@@ -206,9 +206,13 @@ def _softmax_rows(a, b_y, y_hat):
         row = a[n]
         for k in range(O):
             row[k] += b_y[k]
+        # The row maximum as a select, not max(): numba's max() branched and mispredicted on
+        # random logits (0.29 -> 0.26 ms for (8000, 16)). NaN is skipped here, but comes out
+        # NaN anyway, through its exp and the row sum, as in NumPy.
         m = row[0]
         for k in range(1, O):
-            m = max(m, row[k])
+            v = row[k]
+            m = v if v > m else m
         for k in range(O):
             e[k] = _exp_nonpositive(row[k] - m)
         # Four running sums: a single one would be a chain of dependent additions.
