@@ -32,6 +32,19 @@ def _both_paths(model, *args, **kwargs):
     return fast, slow
 
 
+def _forward_both_paths(params, x, h0, model):
+    """The forward pass with the compiled loop, then with the NumPy loop."""
+    from rnngrad.model import forward
+
+    fast = forward(params, x, h0, model.f, model.g)
+    previous = _kernels.set_enabled(False)
+    try:
+        slow = forward(params, x, h0, model.f, model.g)
+    finally:
+        _kernels.set_enabled(previous)
+    return fast, slow
+
+
 def _max_rel(a, b):
     scale = np.max(np.abs(b))
     return float(np.max(np.abs(a - b)) / scale) if scale > 0 else float(np.max(np.abs(a - b)))
@@ -190,13 +203,7 @@ def test_nan_and_inf_pass_through_the_compiled_loop_as_through_numpy(activation)
     h0 = np.array([[np.nan, np.inf, -np.inf]], dtype=np.float32)
     m.params["W_h"][...] = np.eye(3, dtype=np.float32)
     params = m.checked_params()
-    from rnngrad.model import forward
-    fast = forward(params, x, h0, m.f, m.g)
-    previous = _kernels.set_enabled(False)
-    try:
-        slow = forward(params, x, h0, m.f, m.g)
-    finally:
-        _kernels.set_enabled(previous)
+    fast, slow = _forward_both_paths(params, x, h0, m)
     np.testing.assert_array_equal(np.isnan(fast.h), np.isnan(slow.h))
     assert np.isnan(fast.h).any()
 
@@ -230,13 +237,7 @@ def test_forward_kernel_adds_the_bias_in_numpys_order(rng, hidden):
     x = rng.standard_normal((6, 2, 5)).astype(np.float32)
     params = m.checked_params()
     h0 = np.zeros((2, 8), dtype=np.float32)
-    from rnngrad.model import forward
-    fast = forward(params, x, h0, m.f, m.g)
-    previous = _kernels.set_enabled(False)
-    try:
-        slow = forward(params, x, h0, m.f, m.g)
-    finally:
-        _kernels.set_enabled(previous)
+    fast, slow = _forward_both_paths(params, x, h0, m)
     if hidden in ("relu", "identity"):
         np.testing.assert_array_equal(fast.h, slow.h)
     else:  # the kernel's tanh and sigmoid round differently from NumPy's (within an ulp or two)
