@@ -111,3 +111,42 @@ def test_bench_command_tiny(tmp_path, entry):
 def test_bad_shape_is_refused():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--shape", "1,2,3"])
+
+
+def _load_generality():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "generality.py"
+    spec = importlib.util.spec_from_file_location("generality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generality_variants_compute_what_they_say(tmp_path):
+    """benchmarks/generality.py: every variant is a valid gradients call with the options its
+    name gives (so the speed table compares what it claims), and the token dW_x methods agree."""
+    gen = _load_generality()
+    problem = bench.make_problem(TINY, np.float64, seed=3)
+    for name, (options, how) in gen.VARIANTS.items():
+        res = gen.make_call(name, problem)()
+        assert np.isfinite(res.loss), name
+        need_all = "need" not in how
+        assert ("x" in res.grads) == (need_all and not how.get("tokens")), name
+        assert ("h0" in res.grads) == need_all, name
+        for key in ("W_x", "W_h", "b_h", "W_y", "b_y"):
+            assert res.grads[key].shape == problem["params"][key].shape, (name, key)
+    # The variants differ where their names say: a masked or mean-reduced loss is not the sum.
+    canonical = gen.make_call(next(iter(gen.VARIANTS)), problem)().loss
+    assert gen.make_call('canonical + reduction="mean"', problem)().loss == pytest.approx(canonical / (4 * 2))
+    assert gen.make_call("canonical + mask (20% of (t, b) masked)", problem)().loss < canonical
+    for dtype in (np.float32, np.float64):
+        gen.scatter_add_contenders(50, 6, 7, dtype)  # asserts agreement itself
+
+    out = tmp_path / "gen.json"
+    assert gen.main(["--shape", "3,2,4,5,3", "--repeats", "2", "--no-torch", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    variants = data["shapes"][0]["variants"]
+    assert list(variants) == list(gen.VARIANTS)
+    assert variants[next(iter(gen.VARIANTS))]["relative_to_canonical"] == 1.0
