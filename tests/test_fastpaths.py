@@ -1,7 +1,7 @@
 """The shortcuts of the hot path equal the plain computations they replace.
 
 Oracles: NumPy's element-wise isfinite / min / max, the log-sum-exp form of softmax
-cross-entropy, and the two-product form of dW_h.
+cross-entropy, binary cross-entropy in extended precision, and the two-product form of dW_h.
 """
 
 import dataclasses
@@ -13,7 +13,14 @@ import pytest
 from rnngrad import RNN
 from rnngrad.activations import Softmax
 from rnngrad.bptt import backward
-from rnngrad.losses import CrossEntropy, _softmax_cross_entropy, _softmax_cross_entropy_index
+from rnngrad.activations import Sigmoid
+from rnngrad.losses import (
+    CrossEntropy,
+    _sigmoid_binary_cross_entropy,
+    _softmax_cross_entropy,
+    _softmax_cross_entropy_index,
+    _softmax_cross_entropy_rows,
+)
 from rnngrad.model import forward
 from rnngrad.validation import _out_of_range, all_finite
 
@@ -78,6 +85,48 @@ def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype):
     assert np.isfinite(slow[0][N]) and slow[0][N] == pytest.approx(1e4 + np.log(O - 1), rel=1e-6)
     # The loss alone (want_dy_hat False) is the same.
     np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], fast[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_rows_from_y_hat_equals_log_sum_exp(rng, dtype):
+    """Probability-row targets: the y_hat form equals the log-sum-exp form, and a y_hat below the
+    smallest normal number sends the call to the log-sum-exp form, which stays finite."""
+    N, O = 40, 9
+    a = (rng.standard_normal((N, O)) * 4).astype(dtype)
+    y = rng.uniform(size=(N, O)).astype(dtype)
+    y[::3] /= y[::3].sum(axis=1, keepdims=True)  # some rows on the simplex, some not
+    y[1, 2] = 0  # a zero target: 0 log y_hat counts as 0
+    y_hat = Softmax().fn(a)
+    fast = _softmax_cross_entropy_rows(y_hat, y, True)
+    assert fast is not None
+    a2 = np.vstack([a, np.array([[0] * (O - 1) + [-1e4]], dtype=dtype)])
+    y2 = np.vstack([y, np.full((1, O), 1 / O, dtype=dtype)])
+    y_hat2 = Softmax().fn(a2)
+    assert _softmax_cross_entropy_rows(y_hat2, y2, True) is None
+    slow = _softmax_cross_entropy(a2, y_hat2, y2, True)
+    tol = 2e-5 if dtype == np.float32 else 1e-13
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
+    assert np.isfinite(slow[0][N]) and np.isfinite(slow[1][N]).all()
+    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], fast[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(dtype):
+    """The one-exp form of -[y log s(a) + (1-y) log s(-a)] against the same in extended
+    precision (np.longdouble), for logits up to ±1000 and targets next to 0 and 1, where
+    softplus(a) - y a would cancel."""
+    a = np.array([-1000, -60, -20, -1, -1e-3, 0, 1e-3, 1, 20, 60, 1000], dtype=dtype)
+    y = np.array([0, 1e-7, 0.3, 0.5, 1 - 1e-7, 1], dtype=dtype)
+    A, Y = (m.reshape(-1, 1) for m in np.meshgrid(a, y))
+    rows, da, _ = _sigmoid_binary_cross_entropy(A, Sigmoid().fn(A), Y, True)
+    L = np.longdouble
+    ai, yi = A.astype(L), Y.astype(L)
+    log_s = lambda v: np.minimum(v, 0) - np.log1p(np.exp(-np.abs(v)))  # noqa: E731
+    exact = -(yi * log_s(ai) + (L(1) - yi) * log_s(-ai))[:, 0]
+    rel = np.abs(rows.astype(L) - exact) / np.maximum(np.abs(exact), np.finfo(dtype).tiny)
+    assert rel.max() <= 8 * np.finfo(dtype).eps, float(rel.max())
+    np.testing.assert_array_equal(da, Sigmoid().fn(A) - Y)
 
 
 @pytest.mark.parametrize("inputs", ["floats", "tokens"])

@@ -36,9 +36,12 @@ def _forward_both_paths(params, x, h0, model):
     """The forward pass with the compiled loop, then with the NumPy loop."""
     from rnngrad.model import forward
 
-    fast = forward(params, x, h0, model.f, model.g)
-    previous = _kernels.set_enabled(False)
+    previous = _kernels.set_enabled(True)
     try:
+        assert _kernels.recurrence_kind(model.f, np.empty((x.shape[0], x.shape[1], model.hidden_size),
+                                                          model.dtype)) is not None
+        fast = forward(params, x, h0, model.f, model.g)
+        _kernels.set_enabled(False)
         slow = forward(params, x, h0, model.f, model.g)
     finally:
         _kernels.set_enabled(previous)
@@ -242,3 +245,64 @@ def test_forward_kernel_adds_the_bias_in_numpys_order(rng, hidden):
         np.testing.assert_array_equal(fast.h, slow.h)
     else:  # the kernel's tanh and sigmoid round differently from NumPy's (within an ulp or two)
         np.testing.assert_allclose(fast.h, slow.h, rtol=4e-7, atol=0)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("output, loss", [("sigmoid", "binary_cross_entropy"), ("sigmoid", "mse")])
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("inputs", ["floats", "tokens"])
+def test_sigmoid_output_kernel_equals_numpy_path(rng, hidden, output, loss, dtype, tol, inputs):
+    """The compiled output sigmoid (float32) and token scatter-add give what NumPy gives."""
+    T, B, D, H, O = 6, 3, 5, 4, 3
+    model = RNN(D, H, O, hidden_activation=hidden, output_activation=output, loss=loss, dtype=dtype, seed=4)
+    x = rng.integers(0, D, size=(T, B)) if inputs == "tokens" else rng.standard_normal((T, B, D))
+    y = rng.uniform(size=(T, B, O))
+    a = np.empty((T * B, O), dtype)
+    assert _kernels.sigmoid_applies(model.g, a) == (dtype == np.float32)
+    fast, slow = _both_paths(model, x, y, h0=rng.standard_normal((B, H)))
+    assert fast.loss == pytest.approx(slow.loss, rel=tol)
+    np.testing.assert_allclose(fast.forward.y_hat, slow.forward.y_hat, rtol=tol, atol=tol)
+    for key in slow.grads:
+        assert _max_rel(fast.grads[key], slow.grads[key]) <= tol, key
+
+
+def test_sigmoid32_within_half_ulp():
+    """The kernels' float32 sigmoid, rounded once from float64, against float64's sigmoid,
+    from where it is 1 to where it underflows (subnormal results included)."""
+    z = np.concatenate([np.linspace(-120, 30, 300_001), -np.geomspace(1e-30, 110, 20_001),
+                        np.geomspace(1e-30, 20, 20_001)]).astype(np.float32)
+    z = np.concatenate([z, np.float32([0.0, -0.0])])
+    h = z.copy()
+    _kernels._jit_module()._activate(2, h, np.float32(1))
+    z64 = z.astype(np.float64)
+    exact = np.where(z64 >= 0, 1 / (1 + np.exp(-z64)), np.exp(z64) / (1 + np.exp(z64)))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    # Rounded once from a float64 value whose error is that of the exp, at most ~1e-10
+    # relative (its series error grows through ten squarings): 0.5 ulp plus a thousandth.
+    # NumPy's float32 path (np.exp, then a float32 division) is off by up to 3.2 ulp here.
+    assert np.max(np.abs(h.astype(np.float64) - exact) / ulp) <= 0.5 + 1e-3
+    nan = np.float32([np.nan, np.inf, -np.inf])
+    _kernels._jit_module()._activate(2, nan, np.float32(1))
+    assert np.isnan(nan[0]) and nan[1] == 1 and nan[2] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_token_scatter_add_kernel_equals_sorted_segment_sums(rng, dtype):
+    from rnngrad.bptt import input_weight_grad
+
+    N, H, D = 500, 7, 11
+    x = rng.integers(0, D - 1, size=N)  # token D - 1 never occurs: its column stays zero
+    dz = rng.standard_normal((N, H)).astype(dtype)
+    previous = _kernels.set_enabled(True)
+    try:
+        fast = input_weight_grad(x, dz, D)
+        _kernels.set_enabled(False)
+        slow = input_weight_grad(x, dz, D)
+    finally:
+        _kernels.set_enabled(previous)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6)
+    assert not fast[:, D - 1].any()
+    with pytest.raises(ValueError, match=r"token indices.*\[0, 11\)"):
+        _kernels.token_weight_grad(np.array([0, 11]), dz[:2], D)
+    with pytest.raises(ValueError, match="token indices"):
+        _kernels.token_weight_grad(np.array([-1, 0]), dz[:2], D)

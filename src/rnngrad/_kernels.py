@@ -27,10 +27,15 @@ thread pool never wakes to contend with NumPy's. ``error_model="numpy"`` drops n
 division-by-zero checks, which would otherwise stop the element-wise loops vectorising.
 Only the BLAS build differs from the NumPy loops: float64 results agree to about 1e-15.
 
+Three more kernels serve the rest of a call where NumPy needs several passes or a Python-level
+loop: the float32 output softmax and sigmoid with their bias (one pass each), the softmax +
+cross-entropy rows on class indices, and dW_x for token inputs as a scatter-add.
+
 tanh in float32 is evaluated in float64 by a vectorisable expm1 (Taylor series on 2|z|/32,
 then five doublings ``e <- e (e + 2)``) and rounded once: within 0.5 ulp of tanh over all
 float32 inputs, as accurate as a correctly rounded tanhf, about as fast as NumPy's and
-unlike libm's tanhf vectorised. In float64 the kernels use libm's tanh.
+unlike libm's tanhf vectorised; the float32 sigmoid likewise from a vectorisable exp, within
+0.501 ulp. In float64 the kernels use libm's tanh and exp.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ _AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("numba"
 
 __all__ = ["available", "enabled", "set_enabled", "numba_version", "recurrence_kind",
            "forward_recurrence", "backward_recurrence", "softmax_applies", "softmax_with_bias",
-           "softmax_cross_entropy_index", "MAX_STEP_MACS"]
+           "sigmoid_applies", "sigmoid_with_bias", "softmax_cross_entropy_index", "token_weight_grad",
+           "MAX_STEP_MACS"]
 
 #: Kernels serve a step of at most this many multiply-adds (B·H·H); larger steps are BLAS-bound.
 MAX_STEP_MACS = 1 << 18
@@ -133,6 +139,30 @@ def softmax_with_bias(a: np.ndarray, b_y: np.ndarray, out: np.ndarray | None = N
     y_hat = np.empty_like(a) if out is None else out
     _jit_module()._softmax_rows(a, np.ascontiguousarray(b_y), y_hat)
     return y_hat
+
+
+def sigmoid_applies(g: Activation, a: np.ndarray) -> bool:
+    """True if the output layer's sigmoid runs as a kernel for logits like ``a`` (N, O): the
+    built-in Sigmoid, float32 (the compiled exp; float64 would call libm per element), kernels on."""
+    return _enabled and _AVAILABLE and type(g) is Sigmoid and a.dtype == np.float32
+
+
+def sigmoid_with_bias(a: np.ndarray, b_y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a <- a + b_y in place, and y_hat = sigmoid(a) into ``out`` (N, O) or a new array; a (N, O)
+    C-contiguous. One pass instead of NumPy's seven (bias, sign, |a|, exp, 1 + e, divide, select)."""
+    y_hat = np.empty_like(a) if out is None else out
+    _jit_module()._sigmoid_rows(a, np.ascontiguousarray(b_y), y_hat)
+    return y_hat
+
+
+def token_weight_grad(x: np.ndarray, dz: np.ndarray, D: int) -> np.ndarray:
+    """dW_x^T (D, H) for token indices x (N,) in [0, D) and dz (N, H): row x_n gains dz_n, in
+    the order of n (the scatter-add that np.add.at does one Python-level item at a time)."""
+    out = np.zeros((D, dz.shape[1]), dtype=dz.dtype)
+    if not _jit_module()._scatter_rows(x, np.ascontiguousarray(dz), out):
+        raise ValueError(f"x holds token indices, which must lie in [0, {D}); "
+                         f"got values from {x.min()} to {x.max()}")
+    return out
 
 
 def softmax_cross_entropy_index(y_hat: np.ndarray, y: np.ndarray, want_dy_hat: bool,

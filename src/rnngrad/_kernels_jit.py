@@ -61,12 +61,71 @@ def _tanh_overload(x):
     return lambda x: math.tanh(x)
 
 
+# exp(x) for float32 x <= 0 (softmax after the row maximum): e^x = (e^(x/1024))^1024, a
+# degree-7 series on |x/1024| <= 0.102 (relative error 3e-13) and ten squarings in float64
+# (error below 1e-12 in all), rounded once to float32: as accurate as a correctly rounded
+# expf except within 1e-4 ulp of a rounding boundary, and vectorisable, unlike libm's expf.
+# Below -104, e^x rounds to 0 in float32; NaN passes through.
+_E2, _E3, _E4, _E5, _E6, _E7 = (1.0 / math.factorial(k) for k in range(2, 8))
+
+
 @numba.njit(inline="always")
-def _sigmoid(x):
+def _exp_nonpositive32(x):
+    u = np.float64(x)
+    u = u if not (u < -104.0) else -104.0
+    u = u * (1.0 / 1024.0)
+    e = 1.0 + u * (1.0 + u * (_E2 + u * (_E3 + u * (_E4 + u * (_E5 + u * (_E6 + u * _E7))))))
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    return e
+
+
+def _exp_nonpositive(x):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@_overload(_exp_nonpositive, inline="always")
+def _exp_nonpositive_overload(x):
+    if x == _types.float32:
+        return lambda x: _exp_nonpositive32(x)
+    return lambda x: math.exp(x)
+
+
+@numba.njit(inline="always")
+def _sigmoid64(x):
     # As activations.Sigmoid: exp(-|x|) never overflows.
     e = math.exp(-abs(x))
     r = 1.0 / (1.0 + e)
     return r if x >= 0 else e * r
+
+
+@numba.njit(inline="always")
+def _sigmoid32(x):
+    # The same in float64 with the vectorisable exp below (libm's expf is a call per element),
+    # rounded once to float32. Below -104, e^x is 0 in float32 and so is the sigmoid.
+    u = abs(np.float64(x))
+    e = _exp_nonpositive32(-u)
+    r = 1.0 / (1.0 + e)
+    return np.float32(r if x >= 0 else e * r)
+
+
+def _sigmoid(x):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@_overload(_sigmoid, inline="always")
+def _sigmoid_overload(x):
+    if x == _types.float32:
+        return lambda x: _sigmoid32(x)
+    return lambda x: _sigmoid64(x)
 
 
 # `one` is 1 in the arrays' dtype: a bare literal would promote float32 arithmetic to float64.
@@ -158,44 +217,6 @@ def _backward(dh, h, W_h, kind, dz, one):
         _scale_by_derivative(kind, h[t].reshape(B * H), dh_t, dz[t].reshape(B * H), one)
 
 
-# exp(x) for float32 x <= 0 (softmax after the row maximum): e^x = (e^(x/1024))^1024, a
-# degree-7 series on |x/1024| <= 0.102 (relative error 3e-13) and ten squarings in float64
-# (error below 1e-12 in all), rounded once to float32: as accurate as a correctly rounded
-# expf except within 1e-4 ulp of a rounding boundary, and vectorisable, unlike libm's expf.
-# Below -104, e^x rounds to 0 in float32; NaN passes through.
-_E2, _E3, _E4, _E5, _E6, _E7 = (1.0 / math.factorial(k) for k in range(2, 8))
-
-
-@numba.njit(inline="always")
-def _exp_nonpositive32(x):
-    u = np.float64(x)
-    u = u if not (u < -104.0) else -104.0
-    u = u * (1.0 / 1024.0)
-    e = 1.0 + u * (1.0 + u * (_E2 + u * (_E3 + u * (_E4 + u * (_E5 + u * (_E6 + u * _E7))))))
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    return e
-
-
-def _exp_nonpositive(x):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
-
-
-@_overload(_exp_nonpositive, inline="always")
-def _exp_nonpositive_overload(x):
-    if x == _types.float32:
-        return lambda x: _exp_nonpositive32(x)
-    return lambda x: math.exp(x)
-
-
 @_jit
 def _softmax_rows(a, b_y, y_hat):
     # a <- a + b_y (the logits, kept in the cache); y_hat = softmax(a) row by row, with
@@ -252,4 +273,33 @@ def _softmax_cross_entropy_index(y_hat, y, tiny, loss, da, dy_hat, want_dy_hat):
             for k in range(O):
                 dy_hat[n, k] = 0
             dy_hat[n, y[n]] = -1 / p
+    return True
+
+
+@_jit
+def _sigmoid_rows(a, b_y, y_hat):
+    # a <- a + b_y (the logits, kept in the cache); y_hat = sigmoid(a), one pass.
+    N, O = a.shape
+    for n in range(N):
+        row = a[n]
+        out = y_hat[n]
+        for k in range(O):
+            v = row[k] + b_y[k]
+            row[k] = v
+            out[k] = _sigmoid(v)
+
+
+@_jit
+def _scatter_rows(x, dz, out):
+    # out[x[n]] += dz[n] for every row n, in the order of n: dW_x^T for token inputs. False
+    # (and out partly written) at an index outside [0, D): numba does not check bounds.
+    N, H = dz.shape
+    D = out.shape[0]
+    for n in range(N):
+        if x[n] < 0 or x[n] >= D:
+            return False
+        target = out[x[n]]
+        row = dz[n]
+        for j in range(H):
+            target[j] += row[j]
     return True

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels
-from .activations import Activation, Identity, Sigmoid, Softmax, log_sigmoid
+from .activations import Activation, Identity, Sigmoid, Softmax
 from .workspace import empty
 
 __all__ = [
@@ -167,11 +167,17 @@ def resolve_loss(name: str, output_activation: Activation) -> Loss:
 # returns (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
 
 
+def _row_sums(m: np.ndarray) -> np.ndarray:
+    """Sums of the rows of m (N, O), as a product with a ones vector: NumPy's sum along short
+    rows goes row by row and is several times slower (0.15 against 0.015 ms on (8000, 16))."""
+    return m @ np.ones(m.shape[1], dtype=m.dtype)
+
+
 def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
-    if y.ndim == 1:
-        fast = _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace)
-        if fast is not None:
-            return fast
+    fast = (_softmax_cross_entropy_index if y.ndim == 1 else _softmax_cross_entropy_rows)(
+        y_hat, y, want_dy_hat, workspace)
+    if fast is not None:
+        return fast
     m = a.max(axis=1)
     lse = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
     if y.ndim == 1:
@@ -187,7 +193,7 @@ def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
             with np.errstate(over="ignore"):
                 dy_hat[rows, y] = -np.exp(lse - a_y)
         return loss, da, dy_hat
-    total = y.sum(axis=1)
+    total = _row_sums(y)
     loss = lse * total - np.einsum("nk,nk->n", y, a)
     # For rows that sum to one this is the seed's y_hat - y; keeping sum(y) makes it
     # the exact gradient of the loss above for any target row.
@@ -233,9 +239,39 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
     return loss, da, dy_hat
 
 
+def _softmax_cross_entropy_rows(y_hat, y, want_dy_hat, workspace=None):
+    """The softmax + cross-entropy rows for target rows y (N, O) from y_hat alone, or None.
+
+    As :func:`_softmax_cross_entropy_index`: with log y_hat = a - lse, L_n = -sum_k y_k log
+    y_hat_k, dL/da = y_hat sum_k y_k - y and dL/dy_hat = -y / y_hat, without forming
+    log-sum-exp again; None (the log-sum-exp path) if some y_hat is below the smallest normal
+    number, where its log would lose digits or be -inf.
+    """
+    if not y_hat.min() >= np.finfo(y_hat.dtype).tiny:  # also catches NaN
+        return None
+    log_y_hat = np.log(y_hat)
+    log_y_hat *= y
+    loss = _row_sums(log_y_hat)
+    np.negative(loss, out=loss)
+    # For rows that sum to one this is the seed's y_hat - y; keeping sum(y) makes it the
+    # exact gradient of the loss above for any target row.
+    da = y_hat * _row_sums(y)[:, None]
+    da -= y
+    dy_hat = None
+    if want_dy_hat:
+        dy_hat = np.divide(y, y_hat)
+        np.negative(dy_hat, out=dy_hat)
+    return loss, da, dy_hat
+
+
 def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
-    # -[y log s(a) + (1-y) log s(-a)] = softplus(a) - y a, with log s from log_sigmoid.
-    loss = -(y * log_sigmoid(a) + (1 - y) * log_sigmoid(-a)).sum(axis=1)
+    # -[y log s(a) + (1-y) log s(-a)] with log s(±a) = min(±a, 0) - log1p(e^{-|a|}) (see
+    # log_sigmoid): both share log1p(e^{-|a|}), and the rest is (1-y) a for a >= 0 and y (-a)
+    # for a < 0. One exp and one log1p per unit, and a sum of non-negative terms: no
+    # cancellation, also for soft targets next to 0 or 1 (softplus(a) - y a would cancel).
+    terms = np.log1p(np.exp(-np.abs(a)))
+    terms += np.where(a >= 0, (1 - y) * a, y * -a)
+    loss = _row_sums(terms)
     da = y_hat - y
     dy_hat = None
     if want_dy_hat:

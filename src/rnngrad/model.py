@@ -151,6 +151,9 @@ def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
     if _kernels.softmax_applies(g, a):  # the same softmax compiled (rnngrad[fast])
         y_hat = _kernels.softmax_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
         a = a.reshape(T, B, -1)
+    elif _kernels.sigmoid_applies(g, a):  # the same sigmoid compiled (rnngrad[fast])
+        y_hat = _kernels.sigmoid_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
+        a = a.reshape(T, B, -1)
     else:
         a += b_y
         a = a.reshape(T, B, -1)
