@@ -70,6 +70,26 @@ def test_extreme_inputs_are_finite_without_warnings(name):
         assert out.sum() == pytest.approx(1.0) and out[0, -1] == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_relative_error_over_its_whole_range(dtype):
+    """Relative error against extended precision (np.longdouble) from where s rounds to 1 down
+    to where it underflows, subnormal results included: a few ulp at most, and exactly 0, 1/2,
+    1 and NaN where they belong."""
+    lo = -745.0 if dtype == np.float64 else -104.0
+    z = np.concatenate([np.linspace(lo, 40, 200_001), -np.geomspace(1e-30, -lo, 2001),
+                        np.geomspace(1e-30, 40, 2001)]).astype(dtype)
+    s = Sigmoid().fn(z)
+    exact = 1 / (1 + np.exp(-z.astype(np.longdouble)))
+    normal = exact >= np.finfo(dtype).tiny
+    rel = np.abs(s[normal] - exact[normal]) / exact[normal]
+    assert rel.max() <= 4 * np.finfo(dtype).eps, float(rel.max())
+    # Subnormal results: within a few of the smallest steps there.
+    step = np.finfo(dtype).smallest_subnormal
+    assert np.max(np.abs(s[~normal] - exact[~normal])) <= 4 * step
+    assert Sigmoid().fn(np.array([0.0, -np.inf, np.inf, np.nan], dtype=dtype))[:3].tolist() == [0.5, 0.0, 1.0]
+    assert np.isnan(Sigmoid().fn(np.array([np.nan], dtype=dtype))[0])
+
+
 @pytest.mark.parametrize("name", sorted(ALL))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_in_place_output_matches_fresh_output(rng, name, dtype):

@@ -123,14 +123,21 @@ class Sigmoid(Activation):
     derivative_needs_input = False
 
     def fn(self, z, out=None):
-        # 1 / (1 + exp(-z)) overflows exp for z < -709 (float64); exp(-|z|) never
-        # overflows, and each branch divides by a number in [1, 2].
+        # 1 / (1 + exp(-z)) overflows exp for z < -709 (float64); with e = exp(-|z|), which
+        # never overflows, s = 1 / (1 + e) for z >= 0 and e / (1 + e) for z < 0, each a
+        # division by a number in [1, 2]. The branch is taken by arithmetic, numerator
+        # e·[z < 0] + (1 - [z < 0]) (exact: one of the two terms is 0), not by np.where or a
+        # where= mask, which run about ten times slower than a plain pass.
         # out may be z itself (the forward pass works in place), so read z first.
-        negative = z < 0
-        e = np.exp(-np.abs(z))
-        r = np.divide(1.0, 1.0 + e, out=out)
-        np.multiply(e, r, out=r, where=negative)
-        return r
+        z = np.asarray(z)
+        negative = (z < 0).astype(z.dtype)
+        e = np.abs(z)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        numerator = e * negative
+        numerator += 1 - negative
+        e += 1
+        return np.divide(numerator, e, out=out)
 
     def derivative(self, z, out):
         return out * (1 - out)

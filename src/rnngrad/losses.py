@@ -269,16 +269,25 @@ def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     # log_sigmoid): both share log1p(e^{-|a|}), and the rest is (1-y) a for a >= 0 and y (-a)
     # for a < 0. One exp and one log1p per unit, and a sum of non-negative terms: no
     # cancellation, also for soft targets next to 0 or 1 (softplus(a) - y a would cancel).
-    terms = np.log1p(np.exp(-np.abs(a)))
-    terms += np.where(a >= 0, (1 - y) * a, y * -a)
+    # With |a| ± a = 2 max(±a, 0) (exact), the rest is ((1-y) (|a| + a) + y (|a| - a)) / 2,
+    # computed as products, not np.where (ten times slower than a plain pass here).
+    abs_a = np.abs(a)
+    terms = (1 - y) * (abs_a + a)
+    terms += y * (abs_a - a)
+    terms *= 0.5
+    terms += np.log1p(np.exp(-abs_a))
     loss = _row_sums(terms)
     da = y_hat - y
     dy_hat = None
     if want_dy_hat:
-        # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}).
+        # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}); a term whose
+        # factor y or 1 - y is 0 is 0 even where its exp overflows (0 · inf would be NaN).
         with np.errstate(over="ignore", invalid="ignore"):
-            pos = np.where(y != 0, y * (1 + np.exp(np.where(y != 0, -a, 0))), 0)
-            neg = np.where(y != 1, (1 - y) * (1 + np.exp(np.where(y != 1, a, 0))), 0)
+            pos = y * (1 + np.exp(-a))
+            neg = (1 - y) * (1 + np.exp(a))
+        for term, factor in ((pos, y), (neg, 1 - y)):
+            if np.isnan(term).any():  # rare: only there, the slower masked form
+                term[factor == 0] = 0
         dy_hat = neg - pos
     return loss, da, dy_hat
 
