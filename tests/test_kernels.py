@@ -21,6 +21,14 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(autouse=True)
+def kernels_on():
+    """Every test here starts with the kernels on, whatever RNNGRAD_DISABLE_KERNELS says."""
+    previous = _kernels.set_enabled(True)
+    yield
+    _kernels.set_enabled(previous)
+
+
 def _both_paths(model, *args, **kwargs):
     previous = _kernels.set_enabled(True)
     try:
