@@ -206,6 +206,29 @@ def test_user_activations_with_a_workspace(rng, kernels):
         _kernels.set_enabled(previous)
 
 
+class _Float64Derivative(Activation):
+    """A user's output activation whose derivative comes back in float64 whatever the input."""
+
+    name = "float64-derivative"
+
+    def fn(self, z, out=None):
+        return np.multiply(z, 1.0, out=out)
+
+    def derivative(self, z, out):
+        return np.ones(out.shape)  # float64
+
+
+def test_user_activation_returning_float64_keeps_a_float32_model_float32(rng):
+    T, B, D, H, O = 4, 2, 3, 5, 3
+    model = RNN(D, H, O, "tanh", _Float64Derivative(), "mse", dtype=np.float32, seed=1)
+    x = rng.standard_normal((T, B, D))
+    y = rng.standard_normal((T, B, O))
+    fresh = model.gradients(x, y)
+    for key, grad in fresh.grads.items():
+        assert grad.dtype == np.float32, key
+    _assert_same(fresh, model.gradients(x, y, workspace=Workspace()))
+
+
 @pytest.mark.parametrize("kernels", _paths())
 @pytest.mark.parametrize("f, g, loss", COMBOS[:5])
 def test_loss_with_a_workspace(rng, kernels, f, g, loss):

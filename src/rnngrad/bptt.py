@@ -138,7 +138,9 @@ def output_backward(a: np.ndarray, y_hat: np.ndarray, y: np.ndarray, w: np.ndarr
     dy_hat = np.asarray(loss.grad(y_hat, y), dtype=y_hat.dtype)
     if w is not None:
         dy_hat = _weight_rows(dy_hat, w)
-    da = g.vjp(dy_hat, a, y_hat)
+    # A user's activation may compute its VJP in another dtype (np.ones is float64): cast, so
+    # that a float32 model returns float32 gradients and a workspace's buffers fit.
+    da = np.asarray(g.vjp(dy_hat, a, y_hat), dtype=y_hat.dtype)
     return _weighted_sum(rows, w), da, (dy_hat if want_dy_hat else None)
 
 
