@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -119,4 +120,40 @@ def test_custom_objects_are_not_saved(tmp_path):
     m = rnngrad.RNN(2, 3, 2, hidden_activation=MyTanh())
     with pytest.raises(TypeError, match="custom object"):
         save_checkpoint(tmp_path / "c.npz", m)
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("value,dtype", [
+    (np.array([object()], dtype=object), "object"),
+    (np.array([b"ab"]), "|S2"),
+    (np.zeros(2, dtype=[("a", "f8"), ("b", "O")]), "[('a', '<f8'), ('b', 'O')]"),
+    (np.array(["2024-01-01"], dtype="datetime64[D]"), "datetime64[D]"),
+])
+def test_arrays_that_would_need_pickle_or_are_not_plain_are_refused_on_save(tmp_path, model, value, dtype):
+    with pytest.raises(ValueError, match=re.escape(f"array 'a/b' has dtype {dtype};")):
+        save_checkpoint(tmp_path / "c.npz", model, arrays={"a/b": value})
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_plain_arrays_of_every_kind_round_trip(tmp_path, model):
+    extra = {"a/bool": np.array([True, False]), "a/int": np.arange(3, dtype=np.int16),
+             "a/uint": np.arange(3, dtype=np.uint8), "a/complex": np.array([1 + 2j]), "a/text": np.array(["x", "yz"])}
+    meta, arrays = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, arrays=extra))
+    for key, value in extra.items():
+        np.testing.assert_array_equal(arrays[key], value)
+        assert arrays[key].dtype == value.dtype
+
+
+@pytest.mark.parametrize("key", ["format", "version", "model"])
+def test_reserved_meta_keys_are_refused(tmp_path, model, key):
+    with pytest.raises(ValueError, match=f"meta key '{key}' is reserved"):
+        save_checkpoint(tmp_path / "c.npz", model, meta={key: 7, "note": "x"})
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_numpy_is_told_not_to_pickle_either(tmp_path, model, monkeypatch):
+    # Second guard: even past the dtype check, np.savez itself refuses an object array.
+    monkeypatch.setattr(ckpt, "_plain_array", lambda name, value: np.asarray(value))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        save_checkpoint(tmp_path / "c.npz", model, arrays={"a/b": np.array([object()], dtype=object)})
     assert not (tmp_path / "c.npz").exists()

@@ -36,6 +36,8 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint",
 
 FORMAT = "rnngrad-checkpoint"
 VERSION = 1
+RESERVED_META = ("format", "version", "model")  # written by save_checkpoint; a caller's value would break loading
+_PLAIN_KINDS = frozenset("biufcU")  # bool, ints, floats, complex, unicode strings
 
 
 class CheckpointError(ValueError):
@@ -68,18 +70,35 @@ def save_checkpoint(path, model: RNN, meta: Mapping | None = None,
     ----------
     path : file to write (conventionally ``checkpoint.npz``)
     model : RNN with built-in activations and loss
-    meta : JSON-serialisable dict stored beside the model's description
-    arrays : extra arrays, keys of the form "group/name" (not "param/...")
+    meta : JSON-serialisable dict stored beside the model's description; its keys may not be
+        "format", "version" or "model" (ValueError)
+    arrays : extra arrays, keys of the form "group/name" (not "param/..."), each numeric, bool or
+        unicode-string (ValueError for object or other dtypes, which would need pickle to load)
     """
-    content = {"format": FORMAT, "version": VERSION, "model": model_meta(model), **dict(meta or {})}
+    meta = dict(meta or {})
+    for key in RESERVED_META:
+        if key in meta:
+            raise ValueError(f"meta key {key!r} is reserved for the checkpoint itself (reserved: "
+                             f"{', '.join(map(repr, RESERVED_META))}); store it under another name")
+    content = {"format": FORMAT, "version": VERSION, "model": model_meta(model), **meta}
     payload = {"meta": np.array(json.dumps(content))}
     for name, value in model.params.items():
-        payload[f"param/{name}"] = np.asarray(value)
+        payload[f"param/{name}"] = _plain_array(f"param/{name}", value)
     for key, value in (arrays or {}).items():
-        if key == "meta" or key.startswith("param/") or "/" not in key:
+        if not isinstance(key, str) or key == "meta" or key.startswith("param/") or "/" not in key:
             raise ValueError(f"extra array names must look like 'group/name' and not use 'param/'; got {key!r}")
-        payload[key] = np.asarray(value)
-    return atomic_write(path, lambda fh: np.savez(fh, **payload))
+        payload[key] = _plain_array(key, value)
+    # allow_pickle=False as a second guard: NumPy itself refuses anything that would need pickle.
+    return atomic_write(path, lambda fh: np.savez(fh, allow_pickle=False, **payload))
+
+
+def _plain_array(name: str, value) -> np.ndarray:
+    """``value`` as an array that ``np.load(allow_pickle=False)`` reads back: numeric, bool or unicode."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in _PLAIN_KINDS or arr.dtype.fields is not None:
+        raise ValueError(f"array {name!r} has dtype {arr.dtype}; checkpoints store only numeric, bool or "
+                         f"unicode-string arrays (anything else would need pickle to load)")
+    return arr
 
 
 def load_checkpoint(path) -> tuple[dict, dict]:
