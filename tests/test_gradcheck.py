@@ -77,8 +77,14 @@ def test_arguments_are_validated(rng):
     x, y = random_problem(m, 4, 2, rng)
     with pytest.raises(ValueError, match="order must be 2 or 4"):
         rnngrad.check_gradients(m, x, y, order=3)
-    with pytest.raises(ValueError, match="eps must be a positive float"):
+    with pytest.raises(ValueError, match="eps must be a finite positive number; got 0.0"):
         rnngrad.check_gradients(m, x, y, eps=0.0)
+    with pytest.raises(TypeError, match="rtol must be a non-negative number; got str 'a'"):
+        rnngrad.check_gradients(m, x, y, rtol="a")
+    with pytest.raises(ValueError, match="rtol must be a finite non-negative number; got -1.0"):
+        rnngrad.check_gradients(m, x, y, rtol=-1)
+    # NumPy scalars and ints are numbers too.
+    assert rnngrad.check_gradients(m, x, y, eps=np.float64(1e-6), rtol=1).passed
     with pytest.raises(TypeError, match="model must be an rnngrad.RNN"):
         rnngrad.check_gradients("model", x, y)
     with pytest.raises(ValueError, match=r"x must have shape"):

@@ -193,3 +193,28 @@ def test_huge_but_finite_inputs_raise_no_warning(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.forward(np.full((2, 1, D), 1e200))
+
+
+def test_bad_need_and_workspace_fail_before_any_work(model, data, monkeypatch):
+    x, y = data
+    import rnngrad.model as model_module
+
+    def no_forward(*args, **kwargs):  # the checks must come first
+        raise AssertionError("forward ran before need/workspace were checked")
+
+    monkeypatch.setattr(model_module, "forward", no_forward)
+    with pytest.raises(TypeError, match=r"need must be None, a name or an iterable of names.*got int 5"):
+        model.gradients(x, y, need=5)
+    with pytest.raises(ValueError, match=r"need may name only \['x', 'h0', 'y_hat'\]; got \['W_x'\]"):
+        model.gradients(x, y, need=("x", "W_x"))
+    with pytest.raises(TypeError, match=r"workspace must be an rnngrad.Workspace or None; got str"):
+        model.gradients(x, y, workspace="a")
+    with pytest.raises(TypeError, match=r"workspace must be an rnngrad.Workspace or None; got dict"):
+        model.loss(x, y, workspace={})
+
+
+def test_need_accepts_a_name_a_set_or_nothing(model, data):
+    x, y = data
+    assert set(model.gradients(x, y, need="h0").grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
+    assert "x" in model.gradients(x, y, need={"x"}).grads
+    assert set(model.gradients(x, y, need=[]).grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h"}

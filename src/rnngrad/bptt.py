@@ -31,6 +31,7 @@ import numpy as np
 from . import _kernels
 from .activations import Activation
 from .losses import Loss, fused_path
+from .validation import check_need
 from .workspace import Workspace, buffer, empty
 
 if TYPE_CHECKING:  # model.py imports this module
@@ -203,10 +204,7 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     workspace : optional; every returned array except h_last is written into its arrays
         and is overwritten by the next call that uses it (see :mod:`rnngrad.workspace`)
     """
-    need = set(OPTIONAL_GRADS if need is None else need)
-    unknown = need - set(OPTIONAL_GRADS)
-    if unknown:
-        raise ValueError(f"need may name only {list(OPTIONAL_GRADS)}; got {sorted(unknown)}")
+    need = check_need(need, OPTIONAL_GRADS)
     W_x, W_h, W_y = params["W_x"], params["W_h"], params["W_y"]
     x, h0, h = cache.x, cache.h0, cache.h
     T, B, H = h.shape

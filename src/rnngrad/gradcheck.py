@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import PARAM_NAMES, RNN
-from .validation import check_positive_int
+from .validation import check_positive_int, check_real
 
 __all__ = ["check_gradients", "GradCheckReport", "GradCheckEntry"]
 
@@ -116,8 +116,8 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
         directions = check_positive_int("directions", directions)
     if order not in _STENCILS:
         raise ValueError(f"order must be 2 or 4; got {order!r}")
-    if not (isinstance(eps, float) and eps > 0):
-        raise ValueError(f"eps must be a positive float; got {eps!r}")
+    eps = check_real("eps", eps)
+    rtol = check_real("rtol", rtol, positive=False)
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
     res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction)

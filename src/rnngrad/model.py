@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _kernels
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
-from .bptt import Gradients, backward, loss_weights, output_loss
+from .bptt import OPTIONAL_GRADS, Gradients, backward, loss_weights, output_loss
 from .losses import LOSSES, BinaryCrossEntropy, Loss, resolve_loss
 from .validation import (
     check_choice,
@@ -30,6 +30,7 @@ from .validation import (
     check_h0,
     check_inputs,
     check_mask,
+    check_need,
     check_params,
     check_positive_int,
     check_seed,
@@ -278,7 +279,9 @@ class RNN:
         h0 = check_h0(h0, x.shape[1], self.hidden_size, self.dtype)
         return params, x, h0
 
-    def _prepare_loss(self, x, y, h0, mask, reduction):
+    def _prepare_loss(self, x, y, h0, mask, reduction, workspace=None):
+        if workspace is not None and not isinstance(workspace, Workspace):
+            raise TypeError(f"workspace must be an rnngrad.Workspace or None; got {type(workspace).__name__}")
         params, x, h0 = self._prepare(x, h0)
         T, B = x.shape[:2]
         check_choice("reduction", reduction, REDUCTIONS)
@@ -329,9 +332,8 @@ class RNN:
         "y_hat" (T, B, O); "x" (T, B, D) for float inputs; "h0" (B, H)), ``h_last`` (B, H)
         and ``forward`` (the :class:`Forward` cache).
         """
-        if isinstance(need, str):  # need="h0" means ("h0",), not ("h", "0")
-            need = (need,)
-        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction)
+        need = check_need(need, OPTIONAL_GRADS)  # before the forward pass: fail fast
+        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction, workspace)
         cache = forward(params, x, h0, self.f, self.g, workspace)
         return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need,
                         workspace=workspace)
@@ -340,7 +342,7 @@ class RNN:
              workspace: Workspace | None = None) -> float:
         """The loss L alone (no backward pass); arguments as :meth:`gradients` (a workspace
         passed here overwrites the results of an earlier call with it, too)."""
-        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction)
+        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction, workspace)
         cache = forward(params, x, h0, self.f, self.g, workspace)
         return output_loss(cache, y, weights, self.g, self.loss_fn, workspace)
 

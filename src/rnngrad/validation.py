@@ -50,6 +50,36 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_real(name: str, value, *, positive: bool = True) -> float:
+    """A finite real number (int, float or NumPy scalar, not bool), > 0 or >= 0; as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a {'positive' if positive else 'non-negative'} number; "
+                        f"got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite {'positive' if positive else 'non-negative'} "
+                         f"number; got {value!r}")
+    return value
+
+
+def check_need(need, optional: Sequence[str]) -> frozenset:
+    """``need`` of a gradients call as a set of names from ``optional``: None means all, a single
+    name means that one, otherwise an iterable of names (an empty one: none)."""
+    if need is None:
+        return frozenset(optional)
+    if isinstance(need, str):  # need="h0" means ("h0",), not ("h", "0")
+        need = (need,)
+    try:
+        names = list(need)
+    except TypeError:
+        raise TypeError(f"need must be None, a name or an iterable of names from {list(optional)}; "
+                        f"got {type(need).__name__} {need!r}") from None
+    bad = [n for n in names if not isinstance(n, str) or n not in optional]
+    if bad:
+        raise ValueError(f"need may name only {list(optional)}; got {bad!r}")
+    return frozenset(names)
+
+
 def check_seed(seed):
     """None, a non-negative int or a numpy Generator (anything np.random.default_rng takes as a seed
     that users mean as one); returns a Generator."""
