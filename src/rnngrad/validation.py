@@ -146,7 +146,7 @@ def all_finite(arr: np.ndarray) -> bool:
     # np.vdot, not np.dot: dot checks the floating-point status and would warn (or raise,
     # under the caller's np.errstate) when the sum of squares overflows, and wrapping it in
     # np.errstate costs a microsecond per array, more than the product itself on small
-    # models; vdot does not check (tests/test_validation.py holds NumPy to that).
+    # models; vdot does not check (tests/test_fastpaths.py holds NumPy to that).
     total = np.vdot(arr, arr)
     if math.isfinite(total):
         return True

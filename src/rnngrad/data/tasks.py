@@ -99,7 +99,8 @@ def copy_task(n: int, T: int, rng, length: int = 5, n_symbols: int = 8
     Tokens: symbols 0..n_symbols-1, ``blank = n_symbols``, ``go = n_symbols + 1``.
     Input: the symbols at t = 0..length-1, blanks, the go marker at t = T-length-1, then
     blanks while the model must output the symbols in order at t = T-length..T-1.
-    The delay between the last symbol shown and the first recalled is T - 2·length.
+    The last symbol is shown at t = length-1 and the first recalled at t = T-length: a delay
+    of T - 2·length + 1 steps.
 
     Parameters
     ----------
