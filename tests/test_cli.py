@@ -55,3 +55,22 @@ def test_help_lists_defaults():
     p = run("gradcheck", "--help")
     assert p.returncode == 0
     assert "(default: tanh)" in p.stdout and "(default: 1e-06)" in p.stdout
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("café\\n", "café\n"),
+    ("a\\tb\\\\n€", "a\tb\\n€"),                  # \\ is one backslash; the n after it stays
+    ("\\x41\\u00e9\\N{SNOWMAN}\\101\\'", "Aé☃A'"),
+    ("日本\\r\\n", "日本\r\n"),
+    ("\\q \\é end\\", "\\q \\é end\\"),           # not an escape: kept as typed
+])
+def test_prime_escapes_expand_and_keep_non_ascii(text, expected):
+    from rnngrad.cli import _expand_escapes
+    assert _expand_escapes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["\\N{NO SUCH NAME}", "\\U00110000"])
+def test_invalid_prime_escape_is_a_clear_error(text):
+    from rnngrad.cli import _expand_escapes
+    with pytest.raises(ValueError, match=r"--prime has an invalid escape"):
+        _expand_escapes(text)

@@ -205,3 +205,47 @@ def test_damaged_training_checkpoint_is_refused_clearly(tmp_path):
 def test_momentum_for_adam_is_refused(tmp_path, text_file):
     r = rnngrad("train", "--text", text_file, "--momentum", 0.9, "--out", tmp_path / "r", *SMALL)
     assert r.returncode == 2 and "momentum applies to the sgd and rmsprop optimizers" in r.stderr
+
+
+def test_a_new_run_does_not_append_to_an_old_metrics_file(tmp_path, text_file):
+    old, out = tmp_path / "old", tmp_path / "new"
+    assert rnngrad("train", "--text", text_file, "--steps", 6, "--out", old, *SMALL, "--log-every", 2).returncode == 0
+    out.mkdir()
+    (out / "metrics.jsonl").write_bytes((old / "metrics.jsonl").read_bytes())  # left over, no checkpoint
+    r = rnngrad("train", "--text", text_file, "--steps", 2, "--out", out, *SMALL, "--log-every", 2)
+    assert r.returncode == 0, r.stderr
+    assert [row["step"] for row in rows(out)] == [0, 2]
+
+
+def test_resume_with_the_metrics_file_removed_still_saves_and_exits_0(tmp_path, text_file):
+    out = tmp_path / "run"
+    assert rnngrad("train", "--text", text_file, "--steps", 5, "--out", out, *SMALL).returncode == 0
+    (out / "metrics.jsonl").unlink()
+    r = rnngrad("train", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    assert "loss.png not updated: no metric rows to plot" in r.stdout and "Traceback" not in r.stderr
+    r = rnngrad("train", "--resume", out, "--steps", 10)
+    assert r.returncode == 0, r.stderr
+    assert [row["step"] for row in rows(out)] == [10] and f"{out / 'loss.png'}" in r.stdout
+
+
+@pytest.mark.parametrize("meta", [None, {"config": [1, 2], "vocab": None}, {"config": {"text": None}}])
+def test_sample_and_flow_refuse_a_checkpoint_not_written_by_training(tmp_path, meta):
+    from rnngrad import RNN
+    from rnngrad.checkpoint import save_checkpoint
+    plain = save_checkpoint(tmp_path / "plain.npz", RNN(3, 4, 3), meta)
+    for args in (["flow", "--checkpoint", plain, "-T", 5, "--out", tmp_path / "f.png"], ["sample", "--checkpoint", plain]):
+        r = rnngrad(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr == (f"rnngrad {args[0]}: error: {str(plain)!r} is not a training checkpoint (no "
+                            f"vocabulary/config); train with rnngrad train to make one\n"), args
+
+
+def test_sample_prime_escapes_keep_non_ascii_characters(tmp_path):
+    text = tmp_path / "cafe.txt"
+    text.write_text("un café\tnoir\\ s'il vous plaît\n" * 80, encoding="utf-8")
+    out = tmp_path / "run"
+    assert rnngrad("train", "--text", text, "--steps", 2, "--out", out, *SMALL).returncode == 0
+    r = rnngrad("sample", "--checkpoint", out, "--prime", "café\\n\\t\\\\î", "--escapes", "--length", 5, "--seed", 0)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("café\n\t\\î") and len(r.stdout) == len("café\n\t\\î") + 5 + 1

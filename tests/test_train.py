@@ -145,3 +145,46 @@ def test_diverging_run_stops_with_a_clear_error(tmp_path, text_file):
     t = Trainer(small(text_file, optimizer="sgd", lr=1e38, clip_norm=None, steps=50, dtype="float32"), tmp_path)
     with pytest.raises(FloatingPointError, match="training diverged"):
         t.run()
+
+
+def metric_steps(run_dir):
+    return [json.loads(s)["step"] for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_new_run_starts_metrics_afresh_but_a_resumed_one_appends(tmp_path, text_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    # metrics.jsonl left over from another run (no checkpoint beside it).
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": 9.0}) + "\n" for s in (0, 2, 4, 6)))
+    t = Trainer(small(text_file, steps=10), run)
+    t.run(should_stop=lambda: t.progress.step == 7)
+    assert metric_steps(run) == [0, 5]
+    assert Trainer.resume(run).run() == "done"
+    assert metric_steps(run) == [0, 5, 10]
+
+
+def test_loss_plot_without_metric_rows_is_skipped(tmp_path, text_file):
+    Trainer(small(text_file, steps=5), tmp_path).run()
+    (tmp_path / "metrics.jsonl").unlink()
+    t = Trainer.resume(tmp_path)  # nothing left to train and no rows: nothing to plot
+    assert t.run() == "done"
+    assert t.progress.rows == [] and t.plot_note == "no metric rows to plot"
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[0]["progress"]["step"] == 5
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), ValueError("nothing finite to plot")])
+def test_loss_plot_failure_is_a_warning_not_a_failed_run(tmp_path, text_file, monkeypatch, error):
+    import rnngrad.plots
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(rnngrad.plots, "plot_loss", broken)
+    t = Trainer(small(text_file, steps=5), tmp_path)
+    with pytest.warns(RuntimeWarning, match=f"loss.png not written: {error}"):
+        assert t.run() == "done"
+    assert t.plot_note == f"it could not be written: {error}"
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[0]["progress"]["step"] == 5
+    seen = []
+    t.warn = seen.append  # the CLI routes warnings to one stderr line
+    assert t.write_plot() is None and seen == [f"loss.png not written: {error}"]

@@ -8,6 +8,8 @@ dependency.
 from __future__ import annotations
 
 import argparse
+import codecs
+import re
 import signal
 import sys
 import time
@@ -167,6 +169,7 @@ def _cmd_train(args) -> int:
         print(f"data: {trainer.data.source}; baseline {trainer.data.baseline:.4f} ({trainer.data.baseline_note})")
         print(f"output folder: {out}")
     cfg = trainer.config
+    trainer.warn = lambda message: print(f"rnngrad train: warning: {message}", file=sys.stderr)
 
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -205,16 +208,18 @@ def _cmd_train(args) -> int:
         for sig, h in previous.items():
             signal.signal(sig, h)
     p = trainer.progress
-    final = p.rows[-1]
-    below = 1 - final["val_loss"] / trainer.data.baseline
-    at = f"step {p.step}" if final["step"] == p.step else f"step {p.step} (last logged at step {final['step']})"
-    print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
-          f"({below:.0%} below the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+    if p.rows:
+        final = p.rows[-1]
+        below = 1 - final["val_loss"] / trainer.data.baseline
+        at = f"step {p.step}" if final["step"] == p.step else f"step {p.step} (last logged at step {final['step']})"
+        print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
+              f"({below:.0%} below the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+    else:  # resumed with metrics.jsonl gone and nothing left to train: no row to report
+        print(f"step {p.step}: no metrics logged in {out / METRICS}")
     if trainer.data.vocab is not None and status != "stopped":
         print(f"--- sample (temperature 0.8) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
-    plot = out / LOSS_PLOT
-    print(f"wrote {out / 'checkpoint.npz'}, {out / METRICS}" + (f", {plot}" if plot.exists() else
-          " (no loss.png: install matplotlib, e.g. pip install 'rnngrad[cli]')"))
+    print(f"wrote {out / 'checkpoint.npz'}, {out / METRICS}" + (
+        f", {out / LOSS_PLOT}" if trainer.plot_note is None else f" ({LOSS_PLOT} not updated: {trainer.plot_note})"))
     if status == "stopped":
         name = signal.Signals(stop.signal).name
         print(f"stopped by {name} at step {p.step}; checkpoint saved. Continue with: rnngrad train --resume {out}")
@@ -226,16 +231,51 @@ def _cmd_train(args) -> int:
 
 # --- sample --------------------------------------------------------------------------------
 
-def _load_for_sampling(path: Path):
-    from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-    from .data import Vocabulary
+def _load_training_checkpoint(path: Path):
+    """(path, meta, arrays) of a checkpoint written by rnngrad train (a run folder or its checkpoint.npz).
+
+    A checkpoint of a bare model (save_checkpoint without training metadata) is refused with a
+    CheckpointError, as Trainer.resume does, rather than failing later on a missing entry.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
 
     if path.is_dir():
         path = path / "checkpoint.npz"
     meta, arrays = load_checkpoint(path)
-    if not meta.get("vocab"):
+    if not isinstance(meta.get("config"), dict) or "vocab" not in meta:
+        raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no vocabulary/config); "
+                              f"train with rnngrad train to make one")
+    return path, meta, arrays
+
+
+def _load_for_sampling(path: Path):
+    from .checkpoint import CheckpointError, model_from_checkpoint
+    from .data import Vocabulary
+
+    path, meta, arrays = _load_training_checkpoint(path)
+    if not meta["vocab"]:
         raise CheckpointError(f"{str(path)!r} holds a model trained on a task, not on text; nothing to sample")
     return model_from_checkpoint(meta, arrays), Vocabulary.from_json(meta["vocab"])
+
+
+# Python's string-literal escapes; a backslash before anything else is kept as it is.
+_ESCAPE = re.compile(r"\\(?:[\\'\"abfnrtv]|[0-7]{1,3}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\})")
+
+
+def _expand_escapes(text: str) -> str:
+    r"""``text`` with backslash escapes (\n, \t, \\, \x41, \u00e9, \N{name}, ...) expanded, every
+    other character kept as it is, non-ASCII ones included.
+
+    (``text.encode().decode("unicode_escape")`` would read the UTF-8 bytes of a non-ASCII
+    character as Latin-1: "café" -> "cafÃ©".)
+    """
+    def expand(match: re.Match) -> str:
+        try:
+            return codecs.decode(match.group(0), "unicode_escape")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--prime has an invalid escape {match.group(0)!r} ({err.reason})") from None
+
+    return _ESCAPE.sub(expand, text)
 
 
 def _cmd_sample(args) -> int:
@@ -244,7 +284,7 @@ def _cmd_sample(args) -> int:
     model, vocab = _load_for_sampling(Path(args.checkpoint))
     prime = args.prime
     if prime is not None and args.escapes:
-        prime = prime.encode().decode("unicode_escape")
+        prime = _expand_escapes(prime)
     text = sample(model, vocab, args.length, prime=prime, temperature=args.temperature, seed=args.seed)
     sys.stdout.write((prime or "") + text + "\n")
     return 0
@@ -257,15 +297,13 @@ def _cmd_flow(args) -> int:
     from .plots import plot_flow
 
     if args.checkpoint is not None:
-        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .checkpoint import model_from_checkpoint
         from .train import TaskData, TextData, TrainConfig
         from .data import Vocabulary
 
-        path = Path(args.checkpoint)
-        path = path / "checkpoint.npz" if path.is_dir() else path
-        meta, arrays = load_checkpoint(path)
+        path, meta, arrays = _load_training_checkpoint(Path(args.checkpoint))
         model = model_from_checkpoint(meta, arrays)
-        config = TrainConfig.from_dict(meta.get("config", {}))
+        config = TrainConfig.from_dict(meta["config"])
         config.chunk_len = args.T
         if config.task is not None:
             data = TaskData(config)

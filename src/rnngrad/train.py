@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -272,6 +273,9 @@ class Trainer:
         # fresh allocations). Safe because a step's gradients are used up before the next step;
         # h_last, which is carried, is a copy.
         self.workspace = Workspace()
+        self.plot_note: str | None = "not drawn yet"  # why the last write_plot wrote nothing (None: it wrote one)
+        # Where a best-effort failure (loss.png) is reported; the CLI prints it as one line.
+        self.warn: Callable[[str], None] = lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # --- checkpoints -------------------------------------------------------------------
     @property
@@ -349,16 +353,25 @@ class Trainer:
         return rows
 
     def write_plot(self) -> Path | None:
-        """loss.png from the rows so far; None when matplotlib is not installed."""
+        """loss.png from the rows so far, best effort: None if it was not written, with the reason in
+        ``plot_note`` (no matplotlib, no metric rows yet, or a failure, which is also passed to ``warn``)."""
+        if not self.progress.rows:
+            self.plot_note = "no metric rows to plot"
+            return None
         try:
             from .plots import plot_loss
-        except ImportError:
-            return None
-        try:
-            return plot_loss(self.progress.rows, self.out_dir / LOSS_PLOT, baseline=self.data.baseline,
+            path = plot_loss(self.progress.rows, self.out_dir / LOSS_PLOT, baseline=self.data.baseline,
                              baseline_label=f"baseline: {self.data.baseline_note}")
         except ImportError:
+            self.plot_note = "install matplotlib, e.g. pip install 'rnngrad[cli]'"
             return None
+        except (ValueError, OSError) as err:
+            # The checkpoint is already saved; a figure that cannot be drawn must not end the run.
+            self.plot_note = f"it could not be written: {err}"
+            self.warn(f"{LOSS_PLOT} not written: {err}")
+            return None
+        self.plot_note = None
+        return Path(path)
 
     # --- the loop ------------------------------------------------------------------------
     def _log(self, val_loss: float, first_loss: float | None = None) -> LogRow:
@@ -419,6 +432,9 @@ class Trainer:
         """
         cfg, p = self.config, self.progress
         if p.step == 0 and not p.rows:
+            # A new run: metrics.jsonl starts afresh, replacing (atomically) any file an earlier run
+            # left in the folder; a resumed run appends to the rows its checkpoint has seen.
+            atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
             first = self.data.batch(0, cfg)
             loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean")
             row = self._log(self.data.val_loss(self.model), first_loss=loss0)
