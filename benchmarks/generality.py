@@ -6,9 +6,9 @@ weights and data; plus the token-input dW_x scatter-add against np.add.at and a 
     python benchmarks/generality.py                       # the tables in docs/performance.md
     python benchmarks/generality.py --shape 1000,8,16,64,16 --repeats 100 --json out.json
 
-Figures are medians of blocks of calls that rotate through the variants three times (as in
-``rnngrad bench``), so slow drift of the machine hits all alike; compare ratios, not times,
-between runs. Not part of CI.
+Figures are medians of blocks of calls that rotate through the variants twelve times, so
+that changes in the machine's speed hit all alike; compare ratios, not times, between runs.
+Not part of CI.
 """
 
 from __future__ import annotations
@@ -93,8 +93,19 @@ def scatter_add_contenders(N: int, H: int, D: int, dtype, seed: int = 0) -> dict
     def bincount():
         return np.stack([np.bincount(x, weights=dz[:, j], minlength=D) for j in range(H)]).astype(dtype)
 
-    runs = {"sort + np.add.reduceat (rnngrad)": lambda: input_weight_grad(x, dz, D),
-            "np.add.at": add_at, "np.bincount per hidden unit": bincount}
+    def rnngrad_path(kernels: bool):
+        def run():
+            previous = rnngrad._kernels.set_enabled(kernels)
+            try:
+                return input_weight_grad(x, dz, D)
+            finally:
+                rnngrad._kernels.set_enabled(previous)
+        return run
+
+    runs = {"np.add.at": add_at, "np.bincount per hidden unit": bincount,
+            "rnngrad without numba: sort + np.add.reduceat": rnngrad_path(False)}
+    if rnngrad._kernels.available():
+        runs["rnngrad with rnngrad[fast]: compiled scatter-add"] = rnngrad_path(True)
     ref = runs["np.add.at"]()
     for name, run in runs.items():
         np.testing.assert_allclose(run(), ref, rtol=1e-4 if dtype == np.float32 else 1e-12,
@@ -102,14 +113,19 @@ def scatter_add_contenders(N: int, H: int, D: int, dtype, seed: int = 0) -> dict
     return runs
 
 
-def _medians(runs: dict, repeats: int) -> dict:
-    times = bench._time_calls(runs, repeats)
+def _medians(runs: dict, repeats: int, rounds: int = 12) -> dict:
+    # Many short rounds rather than rnngrad bench's three: this machine's speed changes within
+    # seconds, and each variant should see every state alike.
+    times = bench._time_calls(runs, repeats, rounds=min(rounds, repeats))
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
+    # As in rnngrad bench, and measured first for the same reason: the machine's rate in this
+    # run, and its three 16 MiB arrays raise glibc's mmap threshold, so that no variant pays
+    # page faults for its fresh arrays (docs/performance.md, third pass) that another does not.
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernels": rnngrad._kernels.enabled(),
-              "shapes": []}
+              "matmul_gflops": bench.matmul_rate(), "shapes": []}
     for shape in shapes:
         problem = bench.make_problem(shape)
         runs = {name: make_call(name, problem) for name in VARIANTS}
@@ -130,7 +146,8 @@ def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
 
 def format_markdown(result: dict) -> str:
     lines = [f"rnngrad generality benchmark, {result['date']}, kernels "
-             f"{'on' if result['kernels'] else 'off'}; float32, median ms of one gradients call", ""]
+             f"{'on' if result['kernels'] else 'off'}; float32, median ms of one gradients call; "
+             f"float32 matmul (2048^3) {result['matmul_gflops']:.1f} GFLOP/s", ""]
     for entry in result["shapes"]:
         lines += [f"### (T, B, D, H, O) = {tuple(entry['shape'])}, {entry['repeats']} repeats", "",
                   "| variant | median ms | time / canonical |", "|---|---:|---:|"]
