@@ -50,15 +50,22 @@ def _tanh32(x):
     return np.float32(t if x >= 0 else -t)
 
 
-def _tanh(x):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
+def _by_dtype(float32_impl, other_impl):
+    """A function for use inside kernels that compiles to ``float32_impl`` for a float32
+    argument and to ``other_impl`` otherwise (chosen when numba types the call)."""
+    def dispatch(x):  # pragma: no cover - replaced by the overload inside kernels
+        raise NotImplementedError
+
+    @_overload(dispatch, inline="always")
+    def _dispatch_overload(x):
+        if x == _types.float32:
+            return lambda x: float32_impl(x)
+        return lambda x: other_impl(x)
+
+    return dispatch
 
 
-@_overload(_tanh, inline="always")
-def _tanh_overload(x):
-    if x == _types.float32:
-        return lambda x: _tanh32(x)
-    return lambda x: math.tanh(x)
+_tanh = _by_dtype(_tanh32, math.tanh)
 
 
 # exp(x) for float32 x <= 0 (softmax after the row maximum): e^x = (e^(x/1024))^1024, a
@@ -88,15 +95,7 @@ def _exp_nonpositive32(x):
     return e
 
 
-def _exp_nonpositive(x):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
-
-
-@_overload(_exp_nonpositive, inline="always")
-def _exp_nonpositive_overload(x):
-    if x == _types.float32:
-        return lambda x: _exp_nonpositive32(x)
-    return lambda x: math.exp(x)
+_exp_nonpositive = _by_dtype(_exp_nonpositive32, math.exp)
 
 
 @numba.njit(inline="always")
@@ -109,7 +108,7 @@ def _sigmoid64(x):
 
 @numba.njit(inline="always")
 def _sigmoid32(x):
-    # The same in float64 with the vectorisable exp below (libm's expf is a call per element),
+    # The same in float64 with the vectorisable exp above (libm's expf is a call per element),
     # rounded once to float32. Below -104, e^x is 0 in float32 and so is the sigmoid.
     u = abs(np.float64(x))
     e = _exp_nonpositive32(-u)
@@ -117,15 +116,7 @@ def _sigmoid32(x):
     return np.float32(r if x >= 0 else e * r)
 
 
-def _sigmoid(x):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
-
-
-@_overload(_sigmoid, inline="always")
-def _sigmoid_overload(x):
-    if x == _types.float32:
-        return lambda x: _sigmoid32(x)
-    return lambda x: _sigmoid64(x)
+_sigmoid = _by_dtype(_sigmoid32, _sigmoid64)
 
 
 # `one` is 1 in the arrays' dtype: a bare literal would promote float32 arithmetic to float64.
