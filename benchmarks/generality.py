@@ -6,9 +6,9 @@ weights and data; plus the token-input dW_x scatter-add against np.add.at and a 
     python benchmarks/generality.py                       # the tables in docs/performance.md
     python benchmarks/generality.py --shape 1000,8,16,64,16 --repeats 100 --json out.json
 
-Figures are medians of blocks of calls that rotate through the variants twelve times, so
-that changes in the machine's speed hit all alike; compare ratios, not times, between runs.
-Not part of CI.
+Calls run in blocks that rotate through the variants twelve times; a ratio is the median over
+the twelve rounds of (variant block median) / (canonical block median), so a change in the
+machine's speed between rounds cancels. Compare ratios, not times, between runs. Not part of CI.
 """
 
 from __future__ import annotations
@@ -113,11 +113,35 @@ def scatter_add_contenders(N: int, H: int, D: int, dtype, seed: int = 0) -> dict
     return runs
 
 
-def _medians(runs: dict, repeats: int, rounds: int = 12) -> dict:
-    # Many short rounds rather than rnngrad bench's three: this machine's speed changes within
-    # seconds, and each variant should see every state alike.
-    times = bench._time_calls(runs, repeats, rounds=min(rounds, repeats))
-    return {name: float(np.median(t)) for name, t in times.items()}
+def _time_rounds(runs: dict, repeats: int, rounds: int = 12) -> dict:
+    """name -> (rounds, calls) seconds: blocks of calls that rotate through the contenders
+    ``rounds`` times (one untimed call before each block, as in rnngrad bench)."""
+    rounds = max(1, min(rounds, repeats))
+    per_block = max(1, repeats // rounds)
+    times = {name: np.empty((rounds, per_block)) for name in runs}
+    for r in range(rounds):
+        for name, call in runs.items():
+            call()
+            for i in range(per_block):
+                start = time.perf_counter()
+                call()
+                times[name][r, i] = time.perf_counter() - start
+    return times
+
+
+def _summarise(times: dict, base: str | None = None) -> dict:
+    """Median time per contender and, against ``base``, the median over rounds of the ratio of
+    block medians: each round's blocks run seconds apart, so a change of the machine's speed
+    between rounds (this machine has two speeds and moves between them within seconds) cancels
+    in the ratio, where the overall medians of a two-state run could fall in either state."""
+    out = {}
+    for name, t in times.items():
+        entry = {"median_s": float(np.median(t))}
+        if base is not None:
+            ratios = np.median(t, axis=1) / np.median(times[base], axis=1)
+            entry["relative_to_canonical"] = float(np.median(ratios))
+        out[name] = entry
+    return out
 
 
 def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
@@ -133,13 +157,11 @@ def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
             torch_run = bench._torch_contender(problem, bench._cores())
             runs["PyTorch, canonical (as in rnngrad bench)"] = torch_run
         n = repeats or bench._auto_repeats(runs, budget * len(runs) / 5)
-        medians = _medians(runs, n)
-        base = medians[next(iter(VARIANTS))]
+        variants = _summarise(_time_rounds(runs, n), base=next(iter(VARIANTS)))
         T, B, D, H, O = shape
-        scatter = _medians(scatter_add_contenders(T * B, H, D, problem["x"].dtype), max(n, 20))
-        result["shapes"].append({"shape": list(shape), "repeats": n, "variants": {
-            name: {"median_s": t, "relative_to_canonical": t / base} for name, t in medians.items()},
-            "token_dW_x": {name: {"median_s": t} for name, t in scatter.items()}})
+        scatter = _summarise(_time_rounds(scatter_add_contenders(T * B, H, D, problem["x"].dtype), max(n, 24)))
+        result["shapes"].append({"shape": list(shape), "repeats": n, "variants": variants,
+                                 "token_dW_x": scatter})
         print(f"[generality] {shape}: {n} repeats", flush=True)
     return result
 
@@ -150,7 +172,7 @@ def format_markdown(result: dict) -> str:
              f"float32 matmul (2048^3) {result['matmul_gflops']:.1f} GFLOP/s", ""]
     for entry in result["shapes"]:
         lines += [f"### (T, B, D, H, O) = {tuple(entry['shape'])}, {entry['repeats']} repeats", "",
-                  "| variant | median ms | time / canonical |", "|---|---:|---:|"]
+                  "| variant | median ms | time / canonical (median over rounds) |", "|---|---:|---:|"]
         for name, v in entry["variants"].items():
             lines.append(f"| {name} | {v['median_s'] * 1e3:.3f} | {v['relative_to_canonical']:.2f} |")
         T, B, D, H, O = entry["shape"]
