@@ -1,0 +1,76 @@
+"""The compiled float32 tanh and sigmoid of rnngrad[fast] against float64, over every float32
+input: the largest error in units in the last place (ulp) of the float32 result.
+
+    python benchmarks/ulp_exhaustive.py            # both, about a minute on 2 cores
+    python benchmarks/ulp_exhaustive.py --chunk 22 # smaller chunks (2^22 inputs) for less memory
+
+tanh is odd and computed from |x| (and is ±1 in float32 from |x| = 9.01 on), so the positive
+inputs are checked; the sigmoid on all finite inputs of both signs (0 below -104, 1 above 17
+in float32). The reference is NumPy's float64 tanh / exp, whose own error (about 1e-16
+relative) is far below a float32 ulp (6e-8 relative). tests/test_kernels.py checks dense grids
+of the same on every run; this script is the once-over. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from rnngrad import _kernels
+
+_TANH, _SIGMOID = 0, 2  # the codes of rnngrad._kernels_jit
+
+
+def _max_ulp(kind: int, bits: np.ndarray) -> tuple[float, float]:
+    x = bits.view(np.float32)
+    ours = x.copy()
+    _kernels._jit_module()._activate(kind, ours, np.float32(1))
+    x64 = x.astype(np.float64)
+    if kind == _TANH:
+        ref = np.tanh(x64)
+    else:
+        e = np.exp(-np.abs(x64))
+        ref = np.where(x64 >= 0, 1 / (1 + e), e / (1 + e))
+    ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    err = np.abs(ours.astype(np.float64) - ref) / ulp
+    i = int(np.argmax(err))
+    return float(err[i]), float(x[i])
+
+
+def check(kind: int, lo_bits: int, hi_bits: int, chunk: int) -> tuple[float, float, int]:
+    """Max ulp error over the float32 bit patterns [lo_bits, hi_bits) (all of one sign)."""
+    worst, at, count = 0.0, 0.0, 0
+    for start in range(lo_bits, hi_bits, chunk):
+        bits = np.arange(start, min(start + chunk, hi_bits), dtype=np.uint32)
+        err, x = _max_ulp(kind, bits)
+        count += bits.size
+        if err > worst:
+            worst, at = err, x
+    return worst, at, count
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chunk", type=int, default=24, help="log2 of the inputs per chunk (default 24)")
+    args = p.parse_args(argv)
+    if not _kernels.available():
+        raise SystemExit("needs rnngrad[fast] (numba and scipy)")
+    chunk = 1 << args.chunk
+    f32 = lambda v: int(np.float32(v).view(np.uint32))  # noqa: E731
+    sign = 1 << 31
+    cases = [("tanh, x in [0, 9.5]", _TANH, [(0, f32(9.5))]),
+             ("sigmoid, x in [-105, 18]", _SIGMOID, [(0, f32(18.0)), (sign, sign | f32(105.0))])]
+    for name, kind, ranges in cases:
+        t0 = time.perf_counter()
+        results = [check(kind, lo, hi, chunk) for lo, hi in ranges]
+        worst, at, _ = max(results)
+        count = sum(r[2] for r in results)
+        print(f"{name}: {count:,} float32 inputs, max error {worst:.6f} ulp (at x = {at!r}), "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
