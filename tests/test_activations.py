@@ -88,6 +88,8 @@ def test_sigmoid_relative_error_over_its_whole_range(dtype):
     assert np.max(np.abs(s[~normal] - exact[~normal])) <= 4 * step
     assert Sigmoid().fn(np.array([0.0, -np.inf, np.inf, np.nan], dtype=dtype))[:3].tolist() == [0.5, 0.0, 1.0]
     assert np.isnan(Sigmoid().fn(np.array([np.nan], dtype=dtype))[0])
+    # Integers in, floats out, as from np.exp.
+    np.testing.assert_allclose(Sigmoid().fn(np.array([1, -2])), 1 / (1 + np.exp(-np.array([1.0, -2.0]))), rtol=1e-15)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

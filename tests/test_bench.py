@@ -149,4 +149,5 @@ def test_generality_variants_compute_what_they_say(tmp_path):
     data = json.loads(out.read_text())
     variants = data["shapes"][0]["variants"]
     assert list(variants) == list(gen.VARIANTS)
-    assert variants[next(iter(gen.VARIANTS))]["relative_to_canonical"] == 1.0
+    assert all(v["median_s"] > 0 and 0 < v["relative_to_canonical"] < 1e3 for v in variants.values())
+    assert set(data["shapes"][0]["token_dW_x"]) >= {"np.add.at", "rnngrad without numba: sort + np.add.reduceat"}

@@ -108,7 +108,8 @@ def test_softmax_cross_entropy_rows_from_y_hat_equals_log_sum_exp(rng, dtype):
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
     assert np.isfinite(slow[0][N]) and np.isfinite(slow[1][N]).all()
-    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], fast[0], rtol=0, atol=0)
+    # The loss alone (want_dy_hat False, the path of RNN.loss) equals the log-sum-exp form too.
+    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], slow[0][:N], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -119,14 +120,39 @@ def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(
     a = np.array([-1000, -60, -20, -1, -1e-3, 0, 1e-3, 1, 20, 60, 1000], dtype=dtype)
     y = np.array([0, 1e-7, 0.3, 0.5, 1 - 1e-7, 1], dtype=dtype)
     A, Y = (m.reshape(-1, 1) for m in np.meshgrid(a, y))
-    rows, da, _ = _sigmoid_binary_cross_entropy(A, Sigmoid().fn(A), Y, True)
+    with np.errstate(over="ignore"):
+        rows, da, dy_hat = _sigmoid_binary_cross_entropy(A, Sigmoid().fn(A), Y, True)
     L = np.longdouble
     ai, yi = A.astype(L), Y.astype(L)
     log_s = lambda v: np.minimum(v, 0) - np.log1p(np.exp(-np.abs(v)))  # noqa: E731
     exact = -(yi * log_s(ai) + (L(1) - yi) * log_s(-ai))[:, 0]
     rel = np.abs(rows.astype(L) - exact) / np.maximum(np.abs(exact), np.finfo(dtype).tiny)
     assert rel.max() <= 8 * np.finfo(dtype).eps, float(rel.max())
-    np.testing.assert_array_equal(da, Sigmoid().fn(A) - Y)
+    # dL/dy_hat = -y (1 + e^-a) + (1 - y)(1 + e^a): a term with factor 0 is 0 even where its
+    # exp overflows (y = 0 at a = -1000: 0 · inf must not give NaN). Where the exact value is
+    # beyond the largest float of the dtype, ±inf.
+    with np.errstate(over="ignore"):
+        pos = np.where(yi != 0, yi * (1 + np.exp(-ai)), 0)
+        neg = np.where(yi != 1, (L(1) - yi) * (1 + np.exp(ai)), 0)
+        expected = (neg - pos).astype(dtype)
+    assert not np.isnan(dy_hat).any()
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(dy_hat[~finite], expected[~finite])
+    # The two terms cancel where y_hat is near y (y = 1/2, a = ±1e-3): the error is relative
+    # to the terms, as for any evaluation of -y/y_hat + (1-y)/(1-y_hat) in floating point.
+    scale = (np.abs(pos) + np.abs(neg))[finite]
+    err = np.abs(dy_hat[finite].astype(L) - expected[finite].astype(L))
+    assert np.all(err <= 8 * np.finfo(dtype).eps * scale)
+    # Logits at the largest float: no overflow inside (|a| + a would), the loss exact.
+    big = np.finfo(dtype).max
+    edge = np.array([[big], [-big], [big]], dtype=dtype)
+    with np.errstate(over="ignore"):
+        edge_rows = _sigmoid_binary_cross_entropy(edge, Sigmoid().fn(edge), np.array([[1], [0], [0]], dtype=dtype),
+                                                  False)[0]
+    assert edge_rows.tolist() == [0.0, 0.0, float(big)]
+    # dL/da = y_hat - y against y_hat from extended precision.
+    s_exact = (1 / (1 + np.exp(-ai))).astype(dtype)
+    np.testing.assert_allclose(da, s_exact - Y, rtol=0, atol=2 * np.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("inputs", ["floats", "tokens"])

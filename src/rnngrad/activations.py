@@ -130,6 +130,8 @@ class Sigmoid(Activation):
         # where= mask, which run about ten times slower than a plain pass.
         # out may be z itself (the forward pass works in place), so read z first.
         z = np.asarray(z)
+        if z.dtype.kind in "biu":  # integers in, floats out (as np.exp gives)
+            z = z.astype(np.float64)
         negative = (z < 0).astype(z.dtype)
         e = np.abs(z)
         np.negative(e, out=e)

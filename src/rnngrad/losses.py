@@ -269,13 +269,14 @@ def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     # log_sigmoid): both share log1p(e^{-|a|}), and the rest is (1-y) a for a >= 0 and y (-a)
     # for a < 0. One exp and one log1p per unit, and a sum of non-negative terms: no
     # cancellation, also for soft targets next to 0 or 1 (softplus(a) - y a would cancel).
-    # With |a| ± a = 2 max(±a, 0) (exact), the rest is ((1-y) (|a| + a) + y (|a| - a)) / 2,
-    # computed as products, not np.where (ten times slower than a plain pass here).
-    abs_a = np.abs(a)
-    terms = (1 - y) * (abs_a + a)
-    terms += y * (abs_a - a)
-    terms *= 0.5
-    terms += np.log1p(np.exp(-abs_a))
+    # That is (1-y) max(a, 0) + y max(-a, 0), computed as products, not np.where (ten times
+    # slower than a plain pass here); max(-a, 0) = max(a, 0) - a exactly, and neither
+    # overflows (|a| + a would, beyond half the largest float).
+    relu = np.maximum(a, 0)
+    terms = (1 - y) * relu
+    relu -= a
+    terms += y * relu
+    terms += np.log1p(np.exp(-np.abs(a)))
     loss = _row_sums(terms)
     da = y_hat - y
     dy_hat = None
