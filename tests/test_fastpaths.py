@@ -117,7 +117,7 @@ def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(
     """The one-exp form of -[y log s(a) + (1-y) log s(-a)] against the same in extended
     precision (np.longdouble), for logits up to ±1000 and targets next to 0 and 1, where
     softplus(a) - y a would cancel."""
-    a = np.array([-1000, -60, -20, -1, -1e-3, 0, 1e-3, 1, 20, 60, 1000], dtype=dtype)
+    a = np.array([-1000, -100, -60, -20, -1, -1e-3, 0, 1e-3, 1, 20, 60, 100, 1000], dtype=dtype)
     y = np.array([0, 1e-7, 0.3, 0.5, 1 - 1e-7, 1], dtype=dtype)
     A, Y = (m.reshape(-1, 1) for m in np.meshgrid(a, y))
     with np.errstate(over="ignore"):

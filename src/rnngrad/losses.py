@@ -283,13 +283,17 @@ def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     if want_dy_hat:
         # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}); a term whose
         # factor y or 1 - y is 0 is 0 even where its exp overflows (0 · inf would be NaN).
+        # In float64 for float32 logits: e^{|a|} overflows float32 from |a| = 88.7, where y e^{|a|}
+        # may still be a float32 number (y = 1e-7, a = -100: 2.7e36).
+        wide = np.float64 if a.dtype == np.float32 else a.dtype
         with np.errstate(over="ignore", invalid="ignore"):
-            pos = y * (1 + np.exp(-a))
-            neg = (1 - y) * (1 + np.exp(a))
+            pos = y * (1 + np.exp(-a, dtype=wide))
+            neg = (1 - y) * (1 + np.exp(a, dtype=wide))
         for term, factor in ((pos, y), (neg, 1 - y)):
             if np.isnan(term).any():  # rare: only there, the slower masked form
                 term[factor == 0] = 0
-        dy_hat = neg - pos
+        with np.errstate(over="ignore"):
+            dy_hat = (neg - pos).astype(a.dtype, copy=False)
     return loss, da, dy_hat
 
 
