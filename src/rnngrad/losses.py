@@ -281,20 +281,27 @@ def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     da = y_hat - y
     dy_hat = None
     if want_dy_hat:
-        # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}); a term whose
-        # factor y or 1 - y is 0 is 0 even where its exp overflows (0 · inf would be NaN).
-        # In float64 for float32 logits: e^{|a|} overflows float32 from |a| = 88.7, where y e^{|a|}
-        # may still be a float32 number (y = 1e-7, a = -100: 2.7e36).
-        wide = np.float64 if a.dtype == np.float32 else a.dtype
-        with np.errstate(over="ignore", invalid="ignore"):
-            pos = y * (1 + np.exp(-a, dtype=wide))
-            neg = (1 - y) * (1 + np.exp(a, dtype=wide))
-        for term, factor in ((pos, y), (neg, 1 - y)):
-            if np.isnan(term).any():  # rare: only there, the slower masked form
-                term[factor == 0] = 0
-        with np.errstate(over="ignore"):
-            dy_hat = (neg - pos).astype(a.dtype, copy=False)
+        # -y / s(a) + (1-y) / (1 - s(a)) = -y (1 + e^{-a}) + (1-y)(1 + e^{a}).
+        dy_hat = _bce_dy_hat(a, y, a.dtype)
+        if a.dtype == np.float32 and not np.isfinite(dy_hat).all():
+            # e^{|a|} overflows float32 from |a| = 88.7, where y e^{|a|} may still be a float32
+            # number (y = 1e-7, a = -100: 2.7e36): then again in float64 (rare, so not always).
+            with np.errstate(over="ignore"):
+                dy_hat = _bce_dy_hat(a, y, np.float64).astype(np.float32)
     return loss, da, dy_hat
+
+
+def _bce_dy_hat(a, y, dtype):
+    """-y (1 + e^{-a}) + (1-y)(1 + e^{a}) with its exps in ``dtype``; a term whose factor y or
+    1 - y is 0 is 0 even where its exp overflows (0 · inf would be NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        pos = y * (1 + np.exp(-a, dtype=dtype))
+        neg = (1 - y) * (1 + np.exp(a, dtype=dtype))
+    for term, factor in ((pos, y), (neg, 1 - y)):
+        if np.isnan(term).any():  # rare: only there, the slower masked form
+            term[factor == 0] = 0
+    with np.errstate(over="ignore"):
+        return neg - pos
 
 
 def _identity_mse(a, y_hat, y, want_dy_hat, workspace=None):
