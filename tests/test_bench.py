@@ -151,3 +151,23 @@ def test_generality_variants_compute_what_they_say(tmp_path):
     assert list(variants) == list(gen.VARIANTS)
     assert all(v["median_s"] > 0 and 0 < v["relative_to_canonical"] < 1e3 for v in variants.values())
     assert set(data["shapes"][0]["token_dW_x"]) >= {"np.add.at", "rnngrad without numba: sort + np.add.reduceat"}
+
+
+def test_time_calls_rotates_blocks_and_keeps_rounds():
+    order = []
+    runs = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    times = bench._time_calls(runs, repeats=7, rounds=3)
+    assert [len(r) for r in times["a"]] == [3, 2, 2] == [len(r) for r in times["b"]]
+    # One untimed call, then the block, for each contender in turn, round after round.
+    assert order == ["a"] * 4 + ["b"] * 4 + (["a"] * 3 + ["b"] * 3) * 2
+    assert all(t >= 0 for r in times["a"] for t in r)
+
+
+def test_round_ratio_cancels_a_change_of_machine_speed():
+    """B takes twice A's time; the machine turns three times slower during round 4, after A's
+    block and before B's. The median of the per-round ratios is 2; the ratio of the overall
+    medians is 6, A's median falling in the fast state and B's in the slow one."""
+    a_blocks = [1.0] * 4 + [3.0] * 3
+    b_blocks = [2.0] * 3 + [6.0] * 4
+    assert bench._round_ratio(b_blocks, a_blocks) == 2.0
+    assert float(np.median(b_blocks)) / float(np.median(a_blocks)) == 6.0

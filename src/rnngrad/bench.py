@@ -16,7 +16,9 @@ tanh RNN with a softmax output and cross-entropy on integer targets, and its gra
 Before timing, every contender is run in float64 on the same shape and must agree with the
 textbook loop to a relative error of 1e-10 (max |a - b| / max |b| per array). Timing is in
 float32, in blocks of calls that rotate through the contenders (:func:`_time_calls`); the
-figures are medians over repeats, and a ratio is a ratio of medians. FLOPs count the matrix products of forward and backward,
+figures are medians over repeats, and a ratio is the median over the rounds of the ratio of
+the two contenders' block medians in that round (:func:`_round_ratio`), so that a change of
+the machine's speed between rounds cancels. FLOPs count the matrix products of forward and backward,
 ``6 T B H (D + H + O)`` (see :func:`matmul_flops`), and rnngrad's rate is also given as a
 fraction of a large float32 matrix product timed in the same run. Peak memory of one
 gradients call is measured with :mod:`tracemalloc` (NumPy reports its buffers to it).
@@ -292,7 +294,7 @@ def check_agreement(shape: Sequence[int], use_torch: bool = True, threads: int |
 
 
 def _time_calls(runs: dict, repeats: int, rounds: int = 3) -> dict:
-    """name -> list of seconds per call.
+    """name -> one list of seconds per call for each round.
 
     Each contender runs in blocks of consecutive calls (one untimed call first), and the
     blocks rotate through the contenders ``rounds`` times so that slow drift of a shared
@@ -300,16 +302,27 @@ def _time_calls(runs: dict, repeats: int, rounds: int = 3) -> dict:
     thread pool keeps spinning for a while after a call and would slow whichever
     contender ran right after it.
     """
-    times = {name: [] for name in runs}
+    rounds = max(1, min(rounds, repeats))
+    times = {name: [[] for _ in range(rounds)] for name in runs}
     per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    for n in per_round:
+    for r, n in enumerate(per_round):
         for name, run in runs.items():
             run()
             for _ in range(n):
                 start = time.perf_counter()
                 run()
-                times[name].append(time.perf_counter() - start)
+                times[name][r].append(time.perf_counter() - start)
     return times
+
+
+def _round_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of numerator_r / denominator_r (the block medians of two contenders).
+
+    This machine moves between two speeds within seconds (docs/performance.md, fifth pass);
+    blocks of one round run close together, so the speed cancels in each round's ratio, where
+    a ratio of the overall medians could put one contender's median in one state and the
+    other's in the other."""
+    return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
 
 
 def _auto_repeats(runs: dict, budget_s: float) -> int:
@@ -422,17 +435,21 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
         runs = _contenders(problem, use_torch, threads)
         n = repeats or _auto_repeats(runs, budget_s)
         note(f"{shape}: {n} repeats")
-        times = _time_calls(runs, n)
+        rounds = min(9, max(3, n // 4))  # blocks of four calls or more
+        times = _time_calls(runs, n, rounds)
         flops = matmul_flops(shape)
-        base = float(np.median(times["rnngrad"]))
+        block = {name: [float(np.median(b)) for b in blocks] for name, blocks in times.items()}
         entry["repeats"] = n
+        entry["rounds"] = len(block["rnngrad"])
         entry["flops"] = flops
-        entry["contenders"] = {
-            name: {"median_s": float(np.median(t)), "min_s": float(np.min(t)),
-                   "ratio_to_rnngrad": float(np.median(t)) / base,
-                   "gflops": flops / float(np.median(t)) / 1e9}
-            for name, t in times.items()
-        }
+        entry["contenders"] = {}
+        for name, blocks in times.items():
+            every = np.concatenate([np.asarray(b) for b in blocks])
+            entry["contenders"][name] = {
+                "median_s": float(np.median(every)), "min_s": float(np.min(every)),
+                "round_medians_s": block[name],
+                "ratio_to_rnngrad": _round_ratio(block[name], block["rnngrad"]),
+                "gflops": flops / float(np.median(every)) / 1e9}
         entry["rnngrad_gflops"] = entry["contenders"]["rnngrad"]["gflops"]
         entry["fraction_of_matmul"] = entry["rnngrad_gflops"] / peak_rate
         entry["memory"] = peak_memory(problem)
@@ -453,7 +470,10 @@ def _judge(entry: dict, target) -> dict:
         out["torch_ratio"] = {"target": least_ratio, "measured": torch["ratio_to_rnngrad"],
                               "met": torch["ratio_to_rnngrad"] >= least_ratio}
     if torch is not None and reused is not None:
-        ratio = torch["median_s"] / reused["median_s"]
+        if "round_medians_s" in torch and "round_medians_s" in reused:
+            ratio = _round_ratio(torch["round_medians_s"], reused["round_medians_s"])
+        else:
+            ratio = torch["median_s"] / reused["median_s"]
         out["torch_ratio_workspace"] = {"target": least_ratio, "measured": ratio, "met": ratio >= least_ratio}
     if least_fraction is not None:
         out["fraction_of_matmul"] = {"target": least_fraction, "measured": entry["fraction_of_matmul"],
@@ -489,11 +509,13 @@ def format_markdown(result: dict) -> str:
     for entry in result["shapes"]:
         T, B, D, H, O = entry["shape"]
         lines.append(f"### (T, B, D, H, O) = ({T}, {B}, {D}, {H}, {O}): "
-                     f"{entry['flops'] / 1e9:.3g} GFLOP per call, {entry['repeats']} repeats")
+                     f"{entry['flops'] / 1e9:.3g} GFLOP per call, {entry['repeats']} repeats"
+                     + (f" in {entry['rounds']} rounds" if "rounds" in entry else ""))
         if "agreement" in entry:
             errs = ", ".join(f"{k} {v:.1e}" for k, v in entry["agreement"]["max_rel_error"].items())
             lines.append(f"float64 agreement with the textbook loop (max relative error): {errs}")
-        lines += ["", "| contender | median ms | min ms | time / rnngrad | GFLOP/s |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| contender | median ms | min ms | time / rnngrad (median over rounds) | GFLOP/s |",
+                  "|---|---:|---:|---:|---:|"]
         for name, c in entry["contenders"].items():
             lines.append(f"| {name} | {c['median_s'] * 1e3:.3f} | {c['min_s'] * 1e3:.3f} | "
                          f"{c['ratio_to_rnngrad']:.2f} | {c['gflops']:.1f} |")
