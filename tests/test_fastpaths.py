@@ -66,48 +66,37 @@ def test_out_of_range_equals_min_max(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype):
+@pytest.mark.parametrize("targets", ["indices", "rows"])
+def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype, targets):
+    """The y_hat forms (class indices; probability rows, on the simplex or not, with a zero
+    target whose 0 log y_hat counts as 0) equal the log-sum-exp form, and a row whose y_hat
+    underflows (a logit 1e4 below the rest) sends the call to the log-sum-exp form, which stays
+    finite there."""
     N, O = 40, 9
     a = (rng.standard_normal((N, O)) * 4).astype(dtype)
-    y = rng.integers(0, O, N)
+    if targets == "indices":
+        fast_form = _softmax_cross_entropy_index
+        y = rng.integers(0, O, N)
+        y2 = np.append(y, O - 1)  # the underflowing class is the target
+    else:
+        fast_form = _softmax_cross_entropy_rows
+        y = rng.uniform(size=(N, O)).astype(dtype)
+        y[::3] /= y[::3].sum(axis=1, keepdims=True)
+        y[1, 2] = 0
+        y2 = np.vstack([y, np.full((1, O), 1 / O, dtype=dtype)])
     y_hat = Softmax().fn(a)
-    fast = _softmax_cross_entropy_index(y_hat, y, True)
-    assert fast is not None
-    # The log-sum-exp path, forced by appending a row whose target probability underflows.
-    a2 = np.vstack([a, np.array([[0] * (O - 1) + [-1e4]], dtype=dtype)])
-    y2 = np.append(y, O - 1)
-    y_hat2 = Softmax().fn(a2)
-    assert _softmax_cross_entropy_index(y_hat2, y2, True) is None
-    slow = _softmax_cross_entropy(a2, y_hat2, y2, True)
-    tol = 1e-5 if dtype == np.float32 else 1e-13
-    for f, s in zip(fast, slow):
-        np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
-    assert np.isfinite(slow[0][N]) and slow[0][N] == pytest.approx(1e4 + np.log(O - 1), rel=1e-6)
-    # The loss alone (want_dy_hat False) is the same.
-    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], fast[0], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_cross_entropy_rows_from_y_hat_equals_log_sum_exp(rng, dtype):
-    """Probability-row targets: the y_hat form equals the log-sum-exp form, and a y_hat below the
-    smallest normal number sends the call to the log-sum-exp form, which stays finite."""
-    N, O = 40, 9
-    a = (rng.standard_normal((N, O)) * 4).astype(dtype)
-    y = rng.uniform(size=(N, O)).astype(dtype)
-    y[::3] /= y[::3].sum(axis=1, keepdims=True)  # some rows on the simplex, some not
-    y[1, 2] = 0  # a zero target: 0 log y_hat counts as 0
-    y_hat = Softmax().fn(a)
-    fast = _softmax_cross_entropy_rows(y_hat, y, True)
+    fast = fast_form(y_hat, y, True)
     assert fast is not None
     a2 = np.vstack([a, np.array([[0] * (O - 1) + [-1e4]], dtype=dtype)])
-    y2 = np.vstack([y, np.full((1, O), 1 / O, dtype=dtype)])
     y_hat2 = Softmax().fn(a2)
-    assert _softmax_cross_entropy_rows(y_hat2, y2, True) is None
+    assert fast_form(y_hat2, y2, True) is None
     slow = _softmax_cross_entropy(a2, y_hat2, y2, True)
     tol = 2e-5 if dtype == np.float32 else 1e-13
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
     assert np.isfinite(slow[0][N]) and np.isfinite(slow[1][N]).all()
+    if targets == "indices":
+        assert slow[0][N] == pytest.approx(1e4 + np.log(O - 1), rel=1e-6)
     # The loss alone (want_dy_hat False, the path of RNN.loss) equals the log-sum-exp form too.
     np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], slow[0][:N], rtol=tol, atol=tol)
 

@@ -4,6 +4,7 @@ Nothing is downloaded: text comes from a file you name or from the Python standa
 library's own source (:func:`default_corpus`); tasks are generated from a seed.
 """
 
+from . import streams, tasks, text
 from .streams import batches, make_streams, num_chunks, train_val_split
 from .tasks import (
     ADDING_BASELINE_MSE,
@@ -18,23 +19,4 @@ from .tasks import (
 )
 from .text import DEFAULT_CORPUS_FILES, Vocabulary, default_corpus, default_corpus_paths, load_text
 
-__all__ = [
-    "Vocabulary",
-    "load_text",
-    "default_corpus",
-    "default_corpus_paths",
-    "DEFAULT_CORPUS_FILES",
-    "make_streams",
-    "num_chunks",
-    "batches",
-    "train_val_split",
-    "Task",
-    "TASKS",
-    "adding_problem",
-    "copy_task",
-    "sine_wave",
-    "ADDING_BASELINE_MSE",
-    "SINE_BASELINE_MSE",
-    "copy_task_baseline",
-    "persistence_mse",
-]
+__all__ = text.__all__ + streams.__all__ + tasks.__all__
