@@ -223,7 +223,8 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
     db_y = np.dot(ones, da, out=buffer(ws, "db_y", (da.shape[1],), dtype))
 
     # §3B: dh starts as the direct term da_t W_y and gains the recursive term in the loop;
-    # dz starts as f'(z_t) for every t (one vectorised call) and is scaled by dh_t in place.
+    # dz starts as f'(z_t) for every t (a few vectorised calls, see derivative_blocks) and is
+    # scaled by dh_t in place.
     dh = np.dot(da, W_y, out=buffer(ws, "dh", (N, H), dtype)).reshape(T, B, H)
     dz = empty(ws, "dz", (T, B, H), dtype)
     kind = _kernels.recurrence_kind(f, h) if cache.z is None else None
