@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -113,42 +113,21 @@ def scatter_add_contenders(N: int, H: int, D: int, dtype, seed: int = 0) -> dict
     return runs
 
 
-def _time_rounds(runs: dict, repeats: int, rounds: int = 12) -> dict:
-    """name -> (rounds, calls) seconds: blocks of calls that rotate through the contenders
-    ``rounds`` times (one untimed call before each block, as in rnngrad bench)."""
-    rounds = max(1, min(rounds, repeats))
-    per_block = max(1, repeats // rounds)
-    times = {name: np.empty((rounds, per_block)) for name in runs}
-    for r in range(rounds):
-        for name, call in runs.items():
-            call()
-            for i in range(per_block):
-                start = time.perf_counter()
-                call()
-                times[name][r, i] = time.perf_counter() - start
-    return times
+ROUNDS = 12  # more than rnngrad bench's: this machine's speed changes within seconds
 
 
-def _summarise(times: dict, base: str | None = None) -> dict:
-    """Median time per contender and, against ``base``, the median over rounds of the ratio of
-    block medians: each round's blocks run seconds apart, so a change of the machine's speed
-    between rounds (this machine has two speeds and moves between them within seconds) cancels
-    in the ratio, where the overall medians of a two-state run could fall in either state."""
-    out = {}
-    for name, t in times.items():
-        entry = {"median_s": float(np.median(t))}
-        if base is not None:
-            ratios = np.median(t, axis=1) / np.median(times[base], axis=1)
-            entry["relative_to_canonical"] = float(np.median(ratios))
-        out[name] = entry
-    return out
+def _summarise(runs: dict, repeats: int, base: str) -> dict:
+    """Blocks of calls rotating through ``runs`` ROUNDS times (rnngrad bench's timing), each
+    contender's median and its time relative to ``base``, round by round."""
+    times = bench._time_calls(runs, repeats, min(ROUNDS, repeats))
+    return bench.summarise_blocks(times, base, "relative_to_canonical")
 
 
 def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
     # As in rnngrad bench, and measured first for the same reason: the machine's rate in this
     # run, and its three 16 MiB arrays raise glibc's mmap threshold, so that no variant pays
     # page faults for its fresh arrays (docs/performance.md, third pass) that another does not.
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernels": rnngrad._kernels.enabled(),
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": rnngrad._kernels.enabled(),
               "matmul_gflops": bench.matmul_rate(), "shapes": []}
     for shape in shapes:
         problem = bench.make_problem(shape)
@@ -156,10 +135,11 @@ def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
         if use_torch:
             torch_run = bench._torch_contender(problem, bench._cores())
             runs["PyTorch, canonical (as in rnngrad bench)"] = torch_run
-        n = repeats or bench._auto_repeats(runs, budget * len(runs) / 5)
-        variants = _summarise(_time_rounds(runs, n), base=next(iter(VARIANTS)))
+        n = repeats or bench._auto_repeats(runs, budget)
+        variants = _summarise(runs, n, base=next(iter(VARIANTS)))
         T, B, D, H, O = shape
-        scatter = _summarise(_time_rounds(scatter_add_contenders(T * B, H, D, problem["x"].dtype), max(n, 24)))
+        scatter_runs = scatter_add_contenders(T * B, H, D, problem["x"].dtype)
+        scatter = _summarise(scatter_runs, max(n, 24), base="np.add.at")
         result["shapes"].append({"shape": list(shape), "repeats": n, "variants": variants,
                                  "token_dW_x": scatter})
         print(f"[generality] {shape}: {n} repeats", flush=True)
@@ -188,8 +168,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", type=bench._shape, action="append",
                    help="T,B,D,H,O (repeatable); default (100, 32, 64, 128, 64) and (1000, 8, 16, 64, 16)")
-    p.add_argument("--repeats", type=int, help="timed calls per variant (default: from --budget)")
-    p.add_argument("--budget", type=float, default=3.0, help="about this many seconds per shape")
+    p.add_argument("--repeats", type=bench._positive(int), help="timed calls per variant (default: from --budget)")
+    p.add_argument("--budget", type=bench._positive(float), default=20.0,
+                   help="about this many seconds of timing per shape (at most 200 calls per variant)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch's canonical call out")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)

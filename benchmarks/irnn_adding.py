@@ -17,6 +17,7 @@ import json
 import tempfile
 import time
 
+from rnngrad._io import atomic_write
 from rnngrad.data import ADDING_BASELINE_MSE
 from rnngrad.train import TrainConfig, Trainer
 
@@ -66,8 +67,8 @@ def main(argv=None) -> None:
                             "best_test_mse": min(curve), "curve": curve, "seconds": seconds})
             print(f"| {T} | {name} | {curve[-1]:.4f} | {min(curve):.4f} | {seconds:.0f} |", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        text = json.dumps(results, indent=1)
+        atomic_write(args.json, lambda fh: fh.write(text), mode="w")
 
 
 if __name__ == "__main__":

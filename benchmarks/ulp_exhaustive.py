@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from rnngrad import _kernels
+from rnngrad import Sigmoid, Tanh, _kernels
 
-_TANH, _SIGMOID = 0, 2  # the codes of rnngrad._kernels_jit
+# The kernels' codes of the two activations (rnngrad._kernels_jit._TANH, _SIGMOID).
+_TANH, _SIGMOID = (_kernels._KINDS[cls] for cls in (Tanh, Sigmoid))
 
 
 def _max_ulp(kind: int, bits: np.ndarray) -> tuple[float, float]:

@@ -68,6 +68,44 @@ def test_run_benchmark_and_markdown(tmp_path):
     assert "| contender | median ms |" in text and "textbook loop" in text
 
 
+def test_run_benchmark_takes_ratios_round_by_round(monkeypatch):
+    """run_benchmark and its targets table use the per-round ratios of _time_calls' blocks: here
+    the machine turns three times slower in round 2 between rnngrad's block and the others'."""
+    def fake_time_calls(runs, repeats, rounds):
+        assert rounds == bench.rounds_for(repeats)
+        return {name: ([[1e-3], [1e-3], [3e-3]] if name == "rnngrad" else [[2e-3], [6e-3], [6e-3]])
+                for name in runs}
+
+    monkeypatch.setattr(bench, "_time_calls", fake_time_calls)
+    monkeypatch.setitem(bench.TARGETS, TINY, (1.5, 0.5))
+    result = bench.run_benchmark([TINY], repeats=3, use_torch=_has_torch(), threads=1, check=False)
+    (entry,) = result["shapes"]
+    assert entry["rounds"] == 3
+    textbook = entry["contenders"]["textbook loop"]
+    assert textbook["round_medians_s"] == [2e-3, 6e-3, 6e-3]
+    assert textbook["ratio_to_rnngrad"] == pytest.approx(2.0)  # the ratio of medians would be 6
+    targets = entry["targets"]
+    assert targets["memory_ratio"]["met"] is (entry["memory"]["ratio"] <= bench.MEMORY_TARGET)
+    if _has_torch():
+        assert targets["torch_ratio"]["measured"] == pytest.approx(2.0) and targets["torch_ratio"]["met"]
+        assert targets["torch_ratio_workspace"]["measured"] == pytest.approx(1.0)  # same fake blocks
+    text = bench.format_markdown(result)
+    assert "3 repeats in 3 rounds" in text and "### Targets (issue 3)" in text
+    assert f"| {TINY} |" in text
+
+
+@pytest.mark.parametrize("option", ["--repeats=0", "--repeats=-1", "--budget=0", "--threads=0", "--repeats=x"])
+def test_bench_options_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tiny", option])
+    assert exc.value.code == 2
+    assert "expected a positive" in capsys.readouterr().err
+
+
+def test_rounds_for():
+    assert [bench.rounds_for(n) for n in (1, 5, 12, 20, 36, 200)] == [3, 3, 3, 5, 9, 9]
+
+
 def test_targets_table_for_issue_shapes():
     # _judge works on a hand-made entry (the issue's shapes are too large for a unit test).
     entry = {"contenders": {"rnngrad": {"ratio_to_rnngrad": 1.0}, "PyTorch": {"ratio_to_rnngrad": 9.0}},
@@ -78,9 +116,13 @@ def test_targets_table_for_issue_shapes():
 
 
 def test_targets_judged_with_a_workspace_too():
+    # The workspace ratio is taken round by round: 1.5, 4.5 (the machine slowed between the two
+    # blocks of round 2), 1.5 -> 1.5; the ratio of the medians would be 3.6 / 0.8 = 4.5.
     entry = {"contenders": {"rnngrad": {"median_s": 1.0, "gflops": 100.0},
-                            bench.WORKSPACE: {"median_s": 0.8, "gflops": 125.0},
-                            "PyTorch": {"median_s": 1.2, "ratio_to_rnngrad": 1.2}},
+                            bench.WORKSPACE: {"median_s": 0.8, "gflops": 125.0,
+                                              "round_medians_s": [0.8, 0.8, 2.4]},
+                            "PyTorch": {"median_s": 3.6, "ratio_to_rnngrad": 1.2,
+                                        "round_medians_s": [1.2, 3.6, 3.6]}},
              "rnngrad_gflops": 100.0, "fraction_of_matmul": 0.7, "memory": {"ratio": 1.2}}
     judged = bench._judge(entry, bench.TARGETS[(100, 32, 256, 512, 256)])
     assert not judged["torch_ratio"]["met"] and not judged["fraction_of_matmul"]["met"]

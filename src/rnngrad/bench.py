@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import _kernels
+from ._io import atomic_write
 from .model import RNN
 from .workspace import Workspace
 
@@ -55,6 +56,10 @@ __all__ = [
     "check_agreement",
     "run_benchmark",
     "format_markdown",
+    "matmul_rate",
+    "peak_memory",
+    "summarise_blocks",
+    "rounds_for",
     "register",
     "main",
 ]
@@ -293,7 +298,7 @@ def check_agreement(shape: Sequence[int], use_torch: bool = True, threads: int |
             "passed": all(e <= AGREEMENT_RTOL for e in errors.values())}
 
 
-def _time_calls(runs: dict, repeats: int, rounds: int = 3) -> dict:
+def _time_calls(runs: dict, repeats: int, rounds: int) -> dict:
     """name -> one list of seconds per call for each round.
 
     Each contender runs in blocks of consecutive calls (one untimed call first), and the
@@ -313,6 +318,25 @@ def _time_calls(runs: dict, repeats: int, rounds: int = 3) -> dict:
                 run()
                 times[name][r].append(time.perf_counter() - start)
     return times
+
+
+def summarise_blocks(times: dict, base: str, ratio_key: str) -> dict:
+    """From :func:`_time_calls`'s blocks: per contender the median and minimum seconds, the
+    median of each round's block, and under ``ratio_key`` its time relative to ``base``
+    (:func:`_round_ratio` of the block medians)."""
+    block = {name: [float(np.median(b)) for b in blocks] for name, blocks in times.items()}
+    out = {}
+    for name, blocks in times.items():
+        every = np.concatenate([np.asarray(b, dtype=float) for b in blocks])
+        out[name] = {"median_s": float(np.median(every)), "min_s": float(np.min(every)),
+                     "round_medians_s": block[name],
+                     ratio_key: _round_ratio(block[name], block[base])}
+    return out
+
+
+def rounds_for(repeats: int) -> int:
+    """Three to nine rounds: blocks of at least four calls once there are twelve repeats."""
+    return min(9, max(3, repeats // 4))
 
 
 def _round_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
@@ -408,8 +432,10 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
     """
     threads = threads or _cores()
     torch_version = _torch_version() if use_torch else None
-    use_torch = torch_version is not None
     note = progress or (lambda msg: None)
+    if use_torch and torch_version is None:
+        note("PyTorch is not installed: timing without it (pip install torch==2.13.0 for the ratios)")
+    use_torch = torch_version is not None
     note("timing a 2048 x 2048 float32 matrix product")
     peak_rate = matmul_rate()
     result = {
@@ -435,21 +461,14 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
         runs = _contenders(problem, use_torch, threads)
         n = repeats or _auto_repeats(runs, budget_s)
         note(f"{shape}: {n} repeats")
-        rounds = min(9, max(3, n // 4))  # blocks of four calls or more
-        times = _time_calls(runs, n, rounds)
+        times = _time_calls(runs, n, rounds_for(n))
         flops = matmul_flops(shape)
-        block = {name: [float(np.median(b)) for b in blocks] for name, blocks in times.items()}
         entry["repeats"] = n
-        entry["rounds"] = len(block["rnngrad"])
+        entry["rounds"] = len(times["rnngrad"])
         entry["flops"] = flops
-        entry["contenders"] = {}
-        for name, blocks in times.items():
-            every = np.concatenate([np.asarray(b) for b in blocks])
-            entry["contenders"][name] = {
-                "median_s": float(np.median(every)), "min_s": float(np.min(every)),
-                "round_medians_s": block[name],
-                "ratio_to_rnngrad": _round_ratio(block[name], block["rnngrad"]),
-                "gflops": flops / float(np.median(every)) / 1e9}
+        entry["contenders"] = summarise_blocks(times, "rnngrad", "ratio_to_rnngrad")
+        for c in entry["contenders"].values():
+            c["gflops"] = flops / c["median_s"] / 1e9
         entry["rnngrad_gflops"] = entry["contenders"]["rnngrad"]["gflops"]
         entry["fraction_of_matmul"] = entry["rnngrad_gflops"] / peak_rate
         entry["memory"] = peak_memory(problem)
@@ -470,10 +489,7 @@ def _judge(entry: dict, target) -> dict:
         out["torch_ratio"] = {"target": least_ratio, "measured": torch["ratio_to_rnngrad"],
                               "met": torch["ratio_to_rnngrad"] >= least_ratio}
     if torch is not None and reused is not None:
-        if "round_medians_s" in torch and "round_medians_s" in reused:
-            ratio = _round_ratio(torch["round_medians_s"], reused["round_medians_s"])
-        else:
-            ratio = torch["median_s"] / reused["median_s"]
+        ratio = _round_ratio(torch["round_medians_s"], reused["round_medians_s"])
         out["torch_ratio_workspace"] = {"target": least_ratio, "measured": ratio, "met": ratio >= least_ratio}
     if least_fraction is not None:
         out["fraction_of_matmul"] = {"target": least_fraction, "measured": entry["fraction_of_matmul"],
@@ -561,16 +577,28 @@ def _shape(text: str) -> tuple:
     return shape
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, got {text!r}")
+        return value
+    return parse
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", dest="shapes", type=_shape, action="append", metavar="T,B,D,H,O",
                    help="benchmark this shape (repeatable); default the five shapes of issue 3")
     p.add_argument("--tiny", action="store_true",
                    help=f"one tiny shape {TINY_SHAPES[0]} with 3 repeats: a smoke test, not a measurement")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_positive(int), default=None,
                    help="timed calls per contender (default: about --budget seconds per shape)")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per shape when --repeats is not given")
+    p.add_argument("--budget", type=_positive(float), default=3.0, help="seconds of timing per shape when --repeats is not given")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: the machine's cores)")
+    p.add_argument("--threads", type=_positive(int), default=None, help="PyTorch threads (default: the machine's cores)")
     p.add_argument("--no-check", action="store_true", help="skip the float64 agreement check")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data")
@@ -584,8 +612,8 @@ def _run(args) -> int:
                            progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     print(format_markdown(result))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        text = json.dumps(result, indent=2)
+        atomic_write(args.json, lambda fh: fh.write(text), mode="w")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
