@@ -392,6 +392,17 @@ def make_optimizer(name: str, params, lr: float, **kw) -> Optimizer:
         raise
 
 
+def _sum_of_squares(a: np.ndarray) -> float:
+    """||a||² as one BLAS call in a's dtype (as torch sums float32 gradients in float32). A
+    float32 gradient of norm beyond ~1.8e19 overflows that sum to inf and would escape clipping
+    exactly when clipping is needed: then the sum is redone in float64 (a copy, so only then)."""
+    s = float(np.vdot(a, a))
+    if not math.isfinite(s) and a.dtype != np.float64:
+        r = a.ravel().astype(np.float64)
+        s = float(np.dot(r, r))
+    return s
+
+
 def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
                    keys: Sequence[str] = PARAM_NAMES) -> float:
     """Scale the gradients in ``keys`` in place so their global 2-norm is at most ``max_norm``.
@@ -400,15 +411,12 @@ def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
     multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
 
     ``max_norm=math.inf`` only measures. Returns the norm *before* clipping (log it to
-    watch for explosions), computed in float64 even for float32 gradients. When it is not
-    finite the gradients are left unchanged (torch would fill them with NaN), so the
-    caller can see ``inf``/``nan`` and skip the step.
+    watch for explosions). When it is not finite the gradients are left unchanged (torch
+    would fill them with NaN), so the caller can see ``inf``/``nan`` and skip the step.
     """
     max_norm = _check_number("max_norm", max_norm, allow_inf=True)
     arrays = _grad_arrays(grads, keys)
-    # The squares are summed in float64: in float32 a gradient of norm 2e19 would overflow to inf
-    # and escape clipping exactly when clipping is needed.
-    total = math.sqrt(sum(float(np.dot(v, v)) for v in (a.ravel().astype(np.float64) for a in arrays.values())))
+    total = math.sqrt(sum(_sum_of_squares(a) for a in arrays.values()))
     coef = max_norm / (total + 1e-6)
     if math.isfinite(total) and coef < 1.0:
         for a in arrays.values():
