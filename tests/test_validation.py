@@ -178,9 +178,32 @@ def test_nan_padding_in_masked_targets_is_fine_and_errors_index_y_itself():
     y[4, 1] = np.nan
     mask = np.ones((5, 2), dtype=bool)
     mask[4, 1] = False
-    assert np.isfinite(m.gradients(x, y, mask=mask).loss)
+    res = m.gradients(x, y, mask=mask)
+    assert np.isfinite(res.loss)
+    assert all(np.isfinite(g).all() for g in res.grads.values())  # the NaN row never reaches them
     with pytest.raises(ValueError, match=r"y contains NaN or Inf \(first at index \(4, 1, 0\)\)"):
         m.gradients(x, y)
+
+
+def test_masked_row_whose_y_hat_underflows_leaves_loss_and_gradients_finite():
+    """The general path (a user's CrossEntropy subclass): at a masked (t, b) the padded target's
+    probability underflows to 0, so its loss row is inf and its dL/dy_hat row -inf; weight 0 must
+    remove them, not turn them into NaN (0 · inf)."""
+    class MyCrossEntropy(rnngrad.CrossEntropy):
+        pass
+
+    m = rnngrad.RNN(D, H, O, loss=MyCrossEntropy(), seed=0)
+    m.params["W_y"][:] = 0
+    m.params["b_y"][:] = [-2000, 0, 0]
+    x = np.zeros((5, 2, D))
+    y = np.ones((5, 2), dtype=int)
+    mask = np.ones((5, 2), dtype=bool)
+    mask[4, 1] = False
+    y[4, 1] = 0  # the class whose probability is e^-2000 = 0
+    res = m.gradients(x, y, mask=mask)
+    assert np.isfinite(res.loss) and res.loss == pytest.approx(9 * np.log(2), rel=1e-12)
+    for key, g in res.grads.items():
+        assert np.isfinite(g).all(), key
 
 
 def test_binary_cross_entropy_needs_an_elementwise_output():
