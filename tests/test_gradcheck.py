@@ -87,5 +87,9 @@ def test_arguments_are_validated(rng):
     assert rnngrad.check_gradients(m, x, y, eps=np.float64(1e-6), rtol=1).passed
     with pytest.raises(TypeError, match="model must be an rnngrad.RNN"):
         rnngrad.check_gradients("model", x, y)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer; got -1"):
+        rnngrad.check_gradients(m, x, y, directions=2, seed=-1)
+    with pytest.raises(TypeError, match="seed must be None, a non-negative integer"):
+        rnngrad.check_gradients(m, x, y, seed="a")
     with pytest.raises(ValueError, match=r"x must have shape"):
         rnngrad.check_gradients(m, x[0], y)

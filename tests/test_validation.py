@@ -24,6 +24,8 @@ def data(rng):
     (np.zeros((T, B, D + 1)), r"x must have shape \(T, B, D\) = \(\?, \?, 2\); got shape \(4, 3, 3\)"),
     (np.zeros((0, B, D)), r"x must have T >= 1 and B >= 1"),
     (np.zeros((T, 0, D)), r"x must have T >= 1 and B >= 1"),
+    (np.zeros((0, B), dtype=int), r"x must have T >= 1 and B >= 1; got shape \(0, 3\)"),
+    (np.zeros((T, 0), dtype=int), r"x must have T >= 1 and B >= 1"),
     (np.full((T, B, D), np.nan), r"x contains NaN or Inf"),
     (np.array([[[1.0, np.inf]]]), r"x contains NaN or Inf \(first at index \(0, 0, 1\)\)"),
     (np.array([[0, 2]]), r"token indices.*\[0, input_size=2\).*from 0 to 2"),
@@ -209,6 +211,22 @@ def test_masked_row_whose_y_hat_underflows_leaves_loss_and_gradients_finite():
 def test_binary_cross_entropy_needs_an_elementwise_output():
     with pytest.raises(ValueError, match="needs an element-wise output activation"):
         rnngrad.RNN(D, H, O, output_activation="softmax", loss="binary_cross_entropy")
+
+    class PerUnit(rnngrad.MSE):  # a user's loss asks for the same through the attribute
+        needs_elementwise_output = True
+
+    with pytest.raises(ValueError, match="loss 'mse' treats each output as an independent quantity"):
+        rnngrad.RNN(D, H, O, output_activation="softmax", loss=PerUnit())
+    assert rnngrad.RNN(D, H, O, output_activation="sigmoid", loss=PerUnit()).loss_fn.target == "real"
+
+
+def test_a_loss_with_an_unknown_target_kind_is_refused():
+    class Typo(rnngrad.MSE):
+        target = "unit-interval"
+
+    with pytest.raises(ValueError, match=r"loss 'mse' has target 'unit-interval'; expected one of "
+                                         r"\['index_or_distribution', 'unit_interval', 'real'\]"):
+        rnngrad.RNN(D, H, O, output_activation="sigmoid", loss=Typo())
 
 
 def test_huge_but_finite_inputs_raise_no_warning(model):

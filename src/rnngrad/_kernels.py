@@ -27,7 +27,7 @@ thread pool never wakes to contend with NumPy's. ``error_model="numpy"`` drops n
 division-by-zero checks, which would otherwise stop the element-wise loops vectorising.
 Only the BLAS build differs from the NumPy loops: float64 results agree to about 1e-15.
 
-Three more kernels serve the rest of a call where NumPy needs several passes or a Python-level
+Four more kernels serve the rest of a call where NumPy needs several passes or a Python-level
 loop: the float32 output softmax and sigmoid with their bias (one pass each), the softmax +
 cross-entropy rows on class indices, and dW_x for token inputs as a scatter-add.
 
@@ -106,7 +106,7 @@ def _jit_module():
 def recurrence_kind(f: Activation, h: np.ndarray) -> int | None:
     """The kernel code for hidden activation ``f`` on arrays like ``h`` (T, B, H), or None for
     the NumPy loop (no numba, kernels off, a user's activation, or a BLAS-sized step)."""
-    if not (_enabled and _AVAILABLE):
+    if not enabled():
         return None
     kind = _KINDS.get(type(f))
     if kind is None or h.dtype not in (np.float32, np.float64):
@@ -126,7 +126,7 @@ def softmax_applies(g: Activation, a: np.ndarray) -> bool:
     """True if the output layer's softmax runs as a kernel for logits like ``a`` (N, O): the
     built-in Softmax, float32 (the compiled exp of _kernels_jit; float64 would call libm's
     exp per element and lose to NumPy), O <= MAX_SOFTMAX_OUTPUTS, and kernels on."""
-    return (_enabled and _AVAILABLE and type(g) is Softmax and a.dtype == np.float32
+    return (enabled() and type(g) is Softmax and a.dtype == np.float32
             and a.shape[-1] <= MAX_SOFTMAX_OUTPUTS)
 
 
@@ -145,7 +145,7 @@ def softmax_with_bias(a: np.ndarray, b_y: np.ndarray, out: np.ndarray | None = N
 def sigmoid_applies(g: Activation, a: np.ndarray) -> bool:
     """True if the output layer's sigmoid runs as a kernel for logits like ``a`` (N, O): the
     built-in Sigmoid, float32 (the compiled exp; float64 would call libm per element), kernels on."""
-    return _enabled and _AVAILABLE and type(g) is Sigmoid and a.dtype == np.float32
+    return enabled() and type(g) is Sigmoid and a.dtype == np.float32
 
 
 def sigmoid_with_bias(a: np.ndarray, b_y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import PARAM_NAMES, RNN
-from .validation import check_positive_int, check_real
+from .validation import check_positive_int, check_real, check_seed
 
 __all__ = ["check_gradients", "GradCheckReport", "GradCheckEntry"]
 
@@ -118,6 +118,7 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
         raise ValueError(f"order must be 2 or 4; got {order!r}")
     eps = check_real("eps", eps)
     rtol = check_real("rtol", rtol, positive=False)
+    rng = check_seed(seed)
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
     res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction)
@@ -146,7 +147,6 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
         arr[...] = original
         return total / eps
 
-    rng = np.random.default_rng(seed)
     entries = {}
     for name, arr in arrays.items():
         analytic = res.grads[name]

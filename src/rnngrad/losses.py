@@ -45,6 +45,7 @@ __all__ = [
     "BinaryCrossEntropy",
     "MSE",
     "LOSSES",
+    "TARGET_KINDS",
     "resolve_loss",
     "fused_path",
 ]
@@ -59,14 +60,18 @@ class Loss:
     needs_probabilities : bool
         True if y_hat must be probabilities (output activation with
         ``probabilities = True``); cross-entropy on an identity output is refused.
+    needs_elementwise_output : bool
+        True if each output unit is a quantity of its own (binary cross-entropy: an independent
+        probability per unit), so the output activation must be element-wise.
     target : str
-        What targets it takes: "index_or_distribution" ((T, B) class indices or
-        (T, B, O) rows on the simplex), "unit_interval" ((T, B, O) in [0, 1]) or
-        "real" ((T, B, O), any finite value).
+        What targets it takes (one of :data:`TARGET_KINDS`): "index_or_distribution" ((T, B)
+        class indices or (T, B, O) rows on the simplex), "unit_interval" ((T, B, O) in [0, 1])
+        or "real" ((T, B, O), any finite value).
     """
 
     name: str = "loss"
     needs_probabilities: bool = False
+    needs_elementwise_output: bool = False
     target: str = "real"
 
     def value(self, y_hat: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -119,6 +124,8 @@ class BinaryCrossEntropy(Loss):
 
     name = "binary_cross_entropy"
     needs_probabilities = True
+    # Through softmax's coupled outputs the loss has no stable form from the logits.
+    needs_elementwise_output = True
     target = "unit_interval"
 
     def value(self, y_hat, y):
@@ -153,6 +160,8 @@ class MSE(Loss):
 
 
 LOSSES = {cls.name: cls for cls in (CrossEntropy, BinaryCrossEntropy, MSE)}
+#: The kinds of targets a loss may take (``Loss.target``).
+TARGET_KINDS = ("index_or_distribution", "unit_interval", "real")
 
 
 def resolve_loss(name: str, output_activation: Activation) -> Loss:

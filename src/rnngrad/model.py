@@ -23,7 +23,7 @@ import numpy as np
 from . import _kernels
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from .bptt import OPTIONAL_GRADS, Gradients, backward, loss_weights, output_loss
-from .losses import LOSSES, BinaryCrossEntropy, Loss, resolve_loss
+from .losses import LOSSES, TARGET_KINDS, Loss, resolve_loss
 from .validation import (
     check_choice,
     check_dtype,
@@ -239,12 +239,13 @@ class RNN:
                 f"{self.g.name!r} does not produce them; use output_activation='softmax' "
                 f"(or 'sigmoid' for independent binary outputs), or loss='mse'"
             )
-        if isinstance(self.loss_fn, BinaryCrossEntropy) and not self.g.elementwise:
-            # Each unit is its own binary probability; through softmax's coupled outputs the loss
-            # has no stable form from the logits and saturates to inf.
+        if self.loss_fn.needs_elementwise_output and not self.g.elementwise:
             raise ValueError(
-                f"loss 'binary_cross_entropy' treats each output as an independent probability and "
+                f"loss {self.loss_fn.name!r} treats each output as an independent quantity and "
                 f"needs an element-wise output activation such as 'sigmoid'; {self.g.name!r} is not")
+        if self.loss_fn.target not in TARGET_KINDS:
+            raise ValueError(f"loss {self.loss_fn.name!r} has target {self.loss_fn.target!r}; "
+                             f"expected one of {list(TARGET_KINDS)}")
         check_choice("recurrent_init", recurrent_init, RECURRENT_INITS)
         self.recurrent_init = recurrent_init
         self.params = self._init_params(check_seed(seed))

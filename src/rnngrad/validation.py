@@ -203,23 +203,22 @@ def check_inputs(x, input_size: int, dtype: np.dtype) -> np.ndarray:
     one-hot matrix); a (T, B, D) integer array is taken as numbers and converted.
     """
     arr = as_array("x", x)
-    if arr.ndim == 2 and arr.dtype.kind in "iu":
-        if arr.size and _out_of_range(arr, input_size):
-            raise ValueError(
-                f"x holds token indices, which must lie in [0, input_size={input_size}); "
-                f"got values from {arr.min()} to {arr.max()}"
-            )
-        if 0 in arr.shape:
-            raise ValueError(f"x must have T >= 1 and B >= 1; got shape {_fmt(arr.shape)}")
-        return arr.astype(np.intp, copy=False)
-    if arr.ndim != 3:
+    tokens = arr.ndim == 2 and arr.dtype.kind in "iu"
+    if not tokens and arr.ndim != 3:
         raise ValueError(
             f"x must have shape (T, B, D) = (?, ?, {input_size}) with real values, or (T, B) with "
             f"integer token indices; got shape {_fmt(arr.shape)} of dtype {arr.dtype}"
         )
-    check_shape("x", arr, (None, None, input_size), "(T, B, D)")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"x must have T >= 1 and B >= 1; got shape {_fmt(arr.shape)}")
+    if tokens:
+        if _out_of_range(arr, input_size):
+            raise ValueError(
+                f"x holds token indices, which must lie in [0, input_size={input_size}); "
+                f"got values from {arr.min()} to {arr.max()}"
+            )
+        return arr.astype(np.intp, copy=False)
+    check_shape("x", arr, (None, None, input_size), "(T, B, D)")
     arr = as_array("x", arr, dtype)
     check_finite("x", arr)
     return arr
@@ -252,11 +251,11 @@ def check_targets(y, loss, T: int, B: int, O: int, dtype: np.dtype, mask: np.nda
     """Targets as rows: (T·B,) integer indices or (T·B, O) floats in ``dtype``.
 
     What is allowed depends on ``loss.target``; values are checked only at unmasked
-    positions, and masked positions are set to a harmless value (class 0, or the
-    row itself) so that padding such as -1 never reaches an index or a log.
+    positions, and masked positions are set to a harmless value (class 0, or a row of
+    zeros) so that padding such as -1 or NaN never reaches an index or a log.
     """
     arr = as_array("y", y)
-    kind = getattr(loss, "target", "real")
+    kind = loss.target
     keep = None if mask is None else mask.reshape(-1)
     if arr.ndim == 2 and arr.dtype.kind in "iu":
         if kind != "index_or_distribution":
