@@ -182,6 +182,20 @@ def _row_sums(m: np.ndarray) -> np.ndarray:
     return m @ np.ones(m.shape[1], dtype=m.dtype)
 
 
+def _softmax_cross_entropy_da(y_hat, y, workspace=None):
+    """dL/da of softmax + cross-entropy, the seed's y_hat - y: y_hat - e_y for class indices y
+    (N,), y_hat sum_k y_k - y for target rows (N, O) (for rows that sum to one the seed's form;
+    keeping sum(y) makes it the exact gradient of the loss for any target row)."""
+    if y.ndim == 1:
+        da = empty(workspace, "da", y_hat.shape, y_hat.dtype)
+        np.copyto(da, y_hat)
+        da.reshape(-1)[np.arange(0, y_hat.size, y_hat.shape[1]) + y] -= 1  # (n, y_n), flattened
+        return da
+    da = y_hat * _row_sums(y)[:, None]
+    da -= y
+    return da
+
+
 def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     fast = (_softmax_cross_entropy_index if y.ndim == 1 else _softmax_cross_entropy_rows)(
         y_hat, y, want_dy_hat, workspace)
@@ -189,12 +203,11 @@ def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
         return fast
     m = a.max(axis=1)
     lse = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+    da = _softmax_cross_entropy_da(y_hat, y)
     if y.ndim == 1:
         rows = np.arange(len(y))
         a_y = a[rows, y]
         loss = lse - a_y
-        da = y_hat.copy()
-        da[rows, y] -= 1
         dy_hat = None
         if want_dy_hat:
             # -1 / y_hat_y = -exp(lse - a_y), exact where y_hat_y underflows to 0.
@@ -202,11 +215,7 @@ def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
             with np.errstate(over="ignore"):
                 dy_hat[rows, y] = -np.exp(lse - a_y)
         return loss, da, dy_hat
-    total = _row_sums(y)
-    loss = lse * total - np.einsum("nk,nk->n", y, a)
-    # For rows that sum to one this is the seed's y_hat - y; keeping sum(y) makes it
-    # the exact gradient of the loss above for any target row.
-    da = y_hat * total[:, None] - y
+    loss = lse * _row_sums(y) - np.einsum("nk,nk->n", y, a)
     dy_hat = None
     if want_dy_hat:
         with np.errstate(over="ignore"):
@@ -237,9 +246,7 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
         return None
     loss = np.log(p)
     np.negative(loss, out=loss)
-    da = empty(workspace, "da", y_hat.shape, y_hat.dtype)
-    np.copyto(da, y_hat)
-    da.reshape(-1)[flat] -= 1
+    da = _softmax_cross_entropy_da(y_hat, y, workspace)
     dy_hat = None
     if want_dy_hat:
         dy_hat = empty(workspace, "dy_hat", y_hat.shape, y_hat.dtype)  # C order: reshape(-1) is a view
@@ -262,10 +269,7 @@ def _softmax_cross_entropy_rows(y_hat, y, want_dy_hat, workspace=None):
     log_y_hat *= y
     loss = _row_sums(log_y_hat)
     np.negative(loss, out=loss)
-    # For rows that sum to one this is the seed's y_hat - y; keeping sum(y) makes it the
-    # exact gradient of the loss above for any target row.
-    da = y_hat * _row_sums(y)[:, None]
-    da -= y
+    da = _softmax_cross_entropy_da(y_hat, y)
     dy_hat = None
     if want_dy_hat:
         dy_hat = np.divide(y, y_hat)
