@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import PARAM_NAMES, RNN
+from .bptt import output_loss
+from .model import PARAM_NAMES, RNN, forward
 from .validation import check_positive_int, check_real, check_seed
 
 __all__ = ["check_gradients", "GradCheckReport", "GradCheckEntry"]
@@ -122,18 +123,19 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
     res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction)
-    x = np.asarray(x)
+    # The validated arrays once, for the hundreds of loss evaluations below (each would
+    # otherwise check every array again); x and h0 copied, as they are perturbed in place.
+    params, x, h0, y_rows, weights = m._prepare_loss(x, y, h0, mask, reduction)
     tokens = x.ndim == 2
-    x = x if tokens else x.astype(np.float64)
-    h0 = np.zeros((x.shape[1], m.hidden_size)) if h0 is None else np.array(h0, dtype=np.float64)
+    x, h0 = (x if tokens else x.copy()), h0.copy()
 
-    arrays = {name: m.params[name] for name in PARAM_NAMES}
+    arrays = {name: params[name] for name in PARAM_NAMES}
     if not tokens:
         arrays["x"] = x
     arrays["h0"] = h0
 
     def loss_at() -> float:
-        return m.loss(x, y, h0=h0, mask=mask, reduction=reduction)
+        return output_loss(forward(params, x, h0, m.f, m.g), y_rows, weights, m.g, m.loss_fn)
 
     stencil = _STENCILS[order]
 
