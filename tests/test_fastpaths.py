@@ -156,6 +156,11 @@ def test_weight_gradient_over_h_prev_equals_two_products(rng, inputs):
     np.testing.assert_array_equal(cache.h_prev[1:], cache.h[:-1])
     assert np.shares_memory(cache.h_prev, cache.h)  # a view, not a copy
     with_view = backward(model.params, cache, y.reshape(-1), None, model.f, model.g, CrossEntropy())
+    # The seed's sum written as two products, the t = 1 term (h_0) apart.
+    dz = with_view.grads["h"] * model.f.derivative(None, cache.h)
+    two_products = np.dot(dz[1:].reshape(-1, H).T, cache.h[:-1].reshape(-1, H)) + np.dot(dz[0].T, h0)
+    np.testing.assert_allclose(with_view.grads["W_h"], two_products, rtol=1e-13, atol=1e-15)
+    # A Forward built without h_prev (by hand) gives the same.
     without = backward(model.params, dataclasses.replace(cache, h_prev=None), y.reshape(-1), None,
                        model.f, model.g, CrossEntropy())
     for key in without.grads:

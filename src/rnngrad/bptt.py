@@ -242,11 +242,9 @@ def backward(params: Mapping[str, np.ndarray], cache: "Forward", y: np.ndarray, 
 
     # §3C: parameter gradients as single products over all steps.
     dz_rows = dz.reshape(N, H)
-    if cache.h_prev is not None:
-        dW_h = np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=buffer(ws, "dW_h", (H, H), dtype))
-    else:  # a cache built without h_prev: the t = 1 term apart
-        dW_h = np.dot(dz[1:].reshape(-1, H).T, h[:-1].reshape(-1, H))
-        dW_h += np.dot(dz[0].T, h0)
+    # h_prev is a view of the forward pass's states; a Forward built by hand may lack it.
+    h_prev = cache.h_prev if cache.h_prev is not None else np.concatenate([h0[None], h[:-1]])
+    dW_h = np.dot(dz_rows.T, h_prev.reshape(N, H), out=buffer(ws, "dW_h", (H, H), dtype))
     x_rows = x.reshape(N, -1) if x.ndim == 3 else x.reshape(N)
     grads = {
         "W_y": dW_y,
