@@ -51,9 +51,14 @@ def test_plot_loss_errors(tmp_path):
         plot_loss([], tmp_path / "x.png")
     with pytest.raises(ValueError, match="no finite 'train_loss' or 'val_loss'"):
         plot_loss([{"step": 0, "train_loss": None}], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="does not exist"):
-        plot_loss(rows(), tmp_path / "missing" / "x.png")
     assert os.listdir(tmp_path) == []
+
+
+def test_plot_loss_creates_a_missing_folder(tmp_path):
+    out = tmp_path / "new" / "sub" / "x.png"
+    assert plot_loss(rows(), out) == str(out)
+    png_size(out)
+    assert os.listdir(out.parent) == ["x.png"]
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,8 @@ def _figure(figsize):
 
 
 def save_figure(fig, path) -> str:
-    """Write ``fig`` as a PNG at ``path`` atomically; returns the path as a string."""
+    """Write ``fig`` as a PNG at ``path`` atomically (creating its folder); returns the path as a string."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"path {path!r}: directory {directory!r} does not exist")
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     return path
 
@@ -57,7 +54,7 @@ def plot_loss(metrics_rows: Iterable[Mapping], path, baseline: float | None = No
     ----------
     metrics_rows : iterable of dicts with "step" and "train_loss", "val_loss" (either may
         be missing or None on a row, e.g. validation logged only every so often)
-    path : where to write the PNG (its directory must exist)
+    path : where to write the PNG (its folder is created if need be)
     baseline : float, optional, drawn as a dashed horizontal line (e.g. ln V for text)
     baseline_label, title : str, optional
 
