@@ -44,7 +44,7 @@ def test_seeded_and_deterministic(vocab):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(prime="xyz"), "not in the vocabulary"),
     (dict(prime=""), "prime must be a non-empty string"),
-    (dict(temperature=0.0), "temperature must be a positive number"),
+    (dict(temperature=0.0), "temperature must be a finite positive number"),
     (dict(length=-1), "length must be a non-negative integer"),
 ])
 def test_bad_arguments(vocab, kwargs, match):
@@ -59,3 +59,16 @@ def test_bad_arguments(vocab, kwargs, match):
 def test_model_and_vocabulary_must_match(vocab):
     with pytest.raises(ValueError, match="vocabulary has 4 characters"):
         sample(rnngrad.RNN(5, 8, 5), vocab, 5)
+
+
+@pytest.mark.parametrize("seed", [-1, [3, -1], [], 1.5])
+def test_a_bad_seed_is_refused_naming_it(vocab, seed):
+    m = rnngrad.RNN(4, 8, 4, seed=2)
+    with pytest.raises((ValueError, TypeError), match="seed must be (None, )?a non-negative integer"):
+        sample(m, vocab, 5, seed=seed)
+
+
+def test_seed_sequences_and_generators_are_accepted(vocab):
+    m = rnngrad.RNN(4, 8, 4, seed=2)
+    a = sample(m, vocab, 20, seed=[3, 4])
+    assert a == sample(m, vocab, 20, seed=np.random.default_rng([3, 4]))

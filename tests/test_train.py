@@ -122,7 +122,7 @@ def test_resume_refuses_changed_data(tmp_path, text_file):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(task="nope"), "unknown task 'nope'"),
     (dict(task="adding", text="x.txt"), "either task or text"),
-    (dict(lr=-1.0), "lr must be a positive number"),
+    (dict(lr=-1.0), "lr must be a finite positive number"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(dtype="float16"), "unknown dtype 'float16'"),
     (dict(momentum=1.5), "momentum must lie in"),
@@ -188,3 +188,94 @@ def test_loss_plot_failure_is_a_warning_not_a_failed_run(tmp_path, text_file, mo
     seen = []
     t.warn = seen.append  # the CLI routes warnings to one stderr line
     assert t.write_plot() is None and seen == [f"loss.png not written: {error}"]
+
+
+def saved_steps(monkeypatch):
+    """The step of every Trainer.save (checkpoint and loss.png), in order."""
+    steps = []
+    original = Trainer.save
+
+    def save(self):
+        steps.append(self.progress.step)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "save", save)
+    return steps
+
+
+@pytest.mark.parametrize("steps,expected", [(14, [7, 14]), (10, [7, 10])])
+def test_the_last_checkpoint_is_written_once(tmp_path, text_file, monkeypatch, steps, expected):
+    saves = saved_steps(monkeypatch)
+    t = Trainer(small(text_file, steps=steps), tmp_path)
+    assert t.run() == "done"
+    assert saves == expected
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[0]["progress"]["step"] == steps
+
+
+def test_a_stop_right_after_a_checkpoint_saves_once_and_a_later_log_row_saves_again(tmp_path, text_file, monkeypatch):
+    saves = saved_steps(monkeypatch)
+    t = Trainer(small(text_file), tmp_path / "stopped")
+    assert t.run(should_stop=lambda: t.progress.step == 7) == "stopped"
+    assert saves == [7]
+    # A time budget that ends the run right after the save at step 1: its partial log window becomes
+    # a row after that save, so the checkpoint is written again with it.
+    saves.clear()
+    t = Trainer(small(text_file, time_budget=1e-9, log_every=100, checkpoint_every=1), tmp_path / "timed")
+    assert t.run() == "time"
+    assert saves == [1, 1] and t.progress.rows[-1]["step"] == 1
+    assert load_checkpoint(tmp_path / "timed" / "checkpoint.npz")[0]["progress"]["window_steps"] == 0
+
+
+def test_resume_saves_at_the_end_even_with_nothing_to_train(tmp_path, text_file, monkeypatch):
+    Trainer(small(text_file, steps=14), tmp_path).run()
+    saves = saved_steps(monkeypatch)
+    assert Trainer.resume(tmp_path).run() == "done"
+    assert saves == [14]
+
+
+def test_resume_refuses_fewer_steps_than_the_run_has_taken(tmp_path, text_file):
+    Trainer(small(text_file, steps=10), tmp_path).run()
+    with pytest.raises(ValueError, match=r"steps \(--steps\) 4 is below step 10, where the run in .* stopped; "
+                                         r"give 10 or more"):
+        Trainer.resume(tmp_path, steps=4)
+    assert Trainer.resume(tmp_path, steps=10).progress.step == 10
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**40)])
+def test_a_negative_seed_is_refused_naming_it(seed):
+    with pytest.raises(ValueError, match=f"seed must be a non-negative integer; got {seed}"):
+        TrainConfig(seed=seed).validate()
+    # TaskData (also built from a saved config, without a Trainer) checks before NumPy's own message.
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        rnngrad.train.TaskData(TrainConfig(task="adding", seed=seed, chunk_len=5, batch_size=2))
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, "3"])
+def test_a_seed_that_is_not_an_integer_is_refused(seed):
+    with pytest.raises(TypeError, match="seed must be a non-negative integer"):
+        TrainConfig(seed=seed).validate()
+
+
+def test_parameters_that_overflow_stop_the_run(tmp_path, text_file, monkeypatch):
+    t = Trainer(small(text_file), tmp_path)
+    # The check after each update is validation.all_finite (one BLAS call per parameter).
+    monkeypatch.setattr("rnngrad.train.all_finite", lambda arr: False)
+    with pytest.raises(FloatingPointError, match="training diverged at step 0: the parameters overflowed"):
+        t.step()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
+def test_momentum_reaches_the_optimizer(tmp_path, text_file, optimizer):
+    t = Trainer(small(text_file, optimizer=optimizer, momentum=0.7), tmp_path)
+    assert t.optimizer.name == optimizer and t.optimizer.momentum == 0.7
+    assert Trainer(small(text_file, optimizer=optimizer), tmp_path / "none").optimizer.momentum == 0.0
+
+
+def test_clip_value_clamps_the_gradients_the_optimizer_gets(tmp_path, text_file, monkeypatch):
+    seen = {}
+    for clip_value in (None, 1e-3):
+        t = Trainer(small(text_file, clip_norm=None, clip_value=clip_value), tmp_path / str(clip_value))
+        monkeypatch.setattr(t.optimizer, "step", lambda grads: seen.__setitem__(
+            clip_value, max(float(np.abs(grads[k]).max()) for k in t.model.params)))
+        t.step()
+    assert seen[None] > 1e-3 and seen[1e-3] == pytest.approx(1e-3)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import numbers
 
 import numpy as np
 
 from .data import Vocabulary
 from .model import RNN, forward
+from .validation import check_real, check_seed
 
 __all__ = ["sample"]
 
@@ -28,7 +29,7 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = No
     prime : str, at least one character, every one in ``vocab``; default a newline if the
         vocabulary has one, else its first character
     temperature : float > 0
-    seed : int, sequence of ints or numpy.random.Generator
+    seed : None, a non-negative int, a non-empty sequence of them or a numpy.random.Generator
 
     Returns
     -------
@@ -36,8 +37,7 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = No
     """
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ValueError(f"length must be a non-negative integer; got {length!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+    temperature = check_real("temperature", temperature)
     if prime is None:
         prime = "\n" if "\n" in vocab.index else vocab.chars[0]
     if not isinstance(prime, str) or not prime:
@@ -46,7 +46,7 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = No
         raise ValueError(
             f"model has input_size={model.input_size}, output_size={model.output_size} but the vocabulary "
             f"has {len(vocab)} characters; they must match")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = _rng(seed)
     params = model.checked_params()
     tokens = vocab.encode(prime)[:, None]  # (T, 1)
     h = np.zeros((1, model.hidden_size), dtype=model.dtype)
@@ -60,3 +60,13 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = No
         out[i] = rng.choice(p.size, p=p)
         tokens = out[i:i + 1, None]
     return vocab.decode(out)
+
+
+def _rng(seed) -> np.random.Generator:
+    """A Generator from ``seed`` (see :func:`sample`), refusing a negative seed with a message naming it."""
+    if isinstance(seed, (list, tuple)):
+        if not seed or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in seed):
+            raise ValueError(f"seed must be None, a non-negative integer, a non-empty sequence of them or a "
+                             f"numpy.random.Generator; got {seed!r}")
+        return np.random.default_rng([int(s) for s in seed])
+    return check_seed(seed)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -37,15 +38,19 @@ from ._io import atomic_write
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
 from .model import RNN, forward
-from .optim import clip_grad_norm, clip_grad_value, make_optimizer
-from .validation import check_choice, check_positive_int
+from .optim import OPTIMIZERS, clip_grad_norm, clip_grad_value, make_optimizer
+from .validation import FLOAT_DTYPES, all_finite, check_choice, check_positive_int, check_real, check_seed
 from .workspace import Workspace
 
-__all__ = ["TrainConfig", "Trainer", "TextData", "TaskData", "LogRow", "CHECKPOINT", "METRICS", "LOSS_PLOT"]
+__all__ = ["TrainConfig", "Trainer", "TextData", "TaskData", "LogRow", "load_training_checkpoint",
+           "CHECKPOINT", "METRICS", "LOSS_PLOT"]
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+
+# The optimizers that take a momentum (read from their hyperparameters, not listed by hand).
+MOMENTUM_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "momentum" in cls.hyper)
 
 
 @dataclass
@@ -94,23 +99,48 @@ class TrainConfig:
             check_positive_int(name, getattr(self, name))
         if self.max_chars is not None:
             check_positive_int("max_chars", self.max_chars)
-        check_choice("dtype", self.dtype, ("float32", "float64"))
-        for name in ("lr", "clip_norm", "clip_value", "time_budget"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive number; got {v!r}")
-        if not 0 <= self.momentum < 1:
+        check_choice("dtype", self.dtype, [dt.name for dt in FLOAT_DTYPES])
+        check_real("lr", self.lr)
+        for name in ("clip_norm", "clip_value", "time_budget"):
+            if getattr(self, name) is not None:
+                check_real(name, getattr(self, name))
+        if not 0 <= check_real("momentum", self.momentum, positive=False) < 1:
             raise ValueError(f"momentum must lie in [0, 1); got {self.momentum!r}")
-        if self.momentum and self.optimizer not in ("sgd", "rmsprop"):
-            raise ValueError(f"momentum applies to the sgd and rmsprop optimizers, not {self.optimizer!r}")
-        if not 0 < self.val_fraction < 1:
+        if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
+            raise ValueError(f"momentum applies to the {' and '.join(MOMENTUM_OPTIMIZERS)} optimizers, "
+                             f"not {self.optimizer!r}")
+        if not 0 < check_real("val_fraction", self.val_fraction) < 1:
             raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise TypeError(f"seed must be a non-negative integer; got {type(self.seed).__name__} {self.seed!r}")
+        check_seed(self.seed)  # TypeError/ValueError naming the seed, before NumPy's own message
         return self
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def load_training_checkpoint(path) -> tuple[Path, dict, dict]:
+    """(path, meta, arrays) of a checkpoint written by :class:`Trainer` (a run folder or its checkpoint.npz).
+
+    One rule for resume, ``rnngrad sample`` and ``rnngrad flow``: a checkpoint without the
+    sections a Trainer writes (a bare model saved with save_checkpoint, say) is refused with
+    a CheckpointError rather than failing later on a missing entry.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    meta, arrays = load_checkpoint(path)
+    for key in ("config", "optimizer", "progress", "data"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no {key!r} section); "
+                                  f"train with rnngrad train to make one")
+    if "vocab" not in meta:
+        raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no 'vocab' entry); "
+                              f"train with rnngrad train to make one")
+    return path, meta, arrays
 
 
 @dataclass
@@ -129,6 +159,7 @@ class TextData:
     kind = "text"
 
     def __init__(self, config: TrainConfig, vocab: Vocabulary | None = None):
+        config.validate()
         k, B = config.chunk_len, config.batch_size
         if config.text is not None:
             text = load_text(config.text, min_length=2)
@@ -186,6 +217,7 @@ class TaskData:
     kind = "task"
 
     def __init__(self, config: TrainConfig):
+        config.validate()  # the seed above all: NumPy's own message would not name it
         task = TASKS[config.task]
         T, B = config.chunk_len, config.batch_size
         if config.task_train_size < B:
@@ -265,7 +297,7 @@ class Trainer:
             d.input_size, config.hidden_size, d.output_size, hidden_activation=config.hidden_activation,
             output_activation=d.output_activation, loss=d.loss, dtype=np.dtype(config.dtype),
             seed=config.seed, recurrent_init=config.recurrent_init)
-        kw = {"momentum": config.momentum} if config.optimizer in ("sgd", "rmsprop") else {}
+        kw = {"momentum": config.momentum} if config.optimizer in MOMENTUM_OPTIMIZERS else {}
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
         self.progress = Progress()
         self.h = None  # carried hidden state (text), (B, H)
@@ -273,6 +305,8 @@ class Trainer:
         # fresh allocations). Safe because a step's gradients are used up before the next step;
         # h_last, which is carried, is a copy.
         self.workspace = Workspace()
+        # The step of the last save, while nothing changed since (so run() need not save it again).
+        self._saved_at: int | None = None
         self.plot_note: str | None = "not drawn yet"  # why the last write_plot wrote nothing (None: it wrote one)
         # Where a best-effort failure (loss.png) is reported; the CLI prints it as one line.
         self.warn: Callable[[str], None] = lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -299,23 +333,28 @@ class Trainer:
             arrays["state/h"] = self.h
         path = save_checkpoint(self.checkpoint_path, self.model, meta, arrays)
         self.write_plot()
+        self._saved_at = p.step
         return path
 
     @classmethod
     def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None) -> "Trainer":
         """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit)."""
         out_dir = Path(out_dir)
-        meta, arrays = load_checkpoint(out_dir / CHECKPOINT)
-        for key in ("config", "optimizer", "progress", "data"):
-            if not isinstance(meta.get(key), dict):
-                raise CheckpointError(f"checkpoint in {str(out_dir)!r} is not a training checkpoint "
-                                      f"(no {key!r} section); train with rnngrad train to make one")
+        path, meta, arrays = load_training_checkpoint(out_dir)
         try:
             config = TrainConfig.from_dict(meta["config"])
-            if steps is not None:
-                config.steps = steps
-            if time_budget is not None:
-                config.time_budget = time_budget
+            saved_step = int(meta["progress"]["step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} is incomplete or damaged: {err}") from None
+        if steps is not None:
+            if check_positive_int("steps", steps) < saved_step:
+                raise ValueError(f"steps (--steps) {steps} is below step {saved_step}, where the run in "
+                                 f"{str(out_dir)!r} stopped; give {saved_step} or more")
+            config.steps = steps
+        if time_budget is not None:
+            config.time_budget = time_budget
+        config.validate()
+        try:
             vocab = None if meta.get("vocab") is None else Vocabulary.from_json(meta["vocab"])
             data = TaskData(config) if config.task is not None else TextData(config, vocab=vocab)
             if data.fingerprint != meta["data"]["fingerprint"]:
@@ -332,7 +371,7 @@ class Trainer:
             trainer.progress = Progress(**meta["progress"])
             trainer.h = arrays.get("state/h")
         except (KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"checkpoint in {str(out_dir)!r} is incomplete or damaged: {err}") from None
+            raise CheckpointError(f"checkpoint {str(path)!r} is incomplete or damaged: {err}") from None
         # Keep exactly the metric rows the checkpoint has seen; later ones (written after
         # the last save, before the interruption) are recomputed by the resumed run.
         trainer.progress.rows = [r for r in trainer.read_metrics() if r["step"] <= trainer.progress.step]
@@ -387,6 +426,7 @@ class Trainer:
         p.rows.append(asdict(row))
         p.window_loss = p.window_norm = p.window_time = 0.0
         p.window_steps = p.window_tokens = 0
+        self._saved_at = None  # the rows and the log window changed since the last save
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
             fh.write(row.to_json() + "\n")
@@ -408,7 +448,7 @@ class Trainer:
                 f"training diverged at step {p.step}: loss {res.loss}, gradient norm {norm}; "
                 f"lower --lr or set --clip-norm")
         self.optimizer.step(grads)
-        if not all(np.isfinite(v).all() for v in self.model.params.values()):
+        if not all(all_finite(v) for v in self.model.params.values()):
             raise FloatingPointError(
                 f"training diverged at step {p.step}: the parameters overflowed to Inf/NaN; "
                 f"lower --lr or set --clip-norm")
@@ -470,7 +510,8 @@ class Trainer:
             row = self._log(self.data.val_loss(self.model))
             if on_log:
                 on_log(row)
-        self.save()
+        if self._saved_at != p.step:  # not saved already at this step by the loop
+            self.save()
         return status
 
     def sample(self, length: int, seed=None, prime: str | None = None, temperature: float = 0.8) -> str:
