@@ -74,3 +74,17 @@ def test_invalid_prime_escape_is_a_clear_error(text):
     from rnngrad.cli import _expand_escapes
     with pytest.raises(ValueError, match=r"--prime has an invalid escape"):
         _expand_escapes(text)
+
+
+def test_every_train_option_is_a_trainconfig_field():
+    """rnngrad train builds its TrainConfig (and --resume its list of fixed options) from the
+    fields its options share a name with: an option renamed away from its field would be lost."""
+    from dataclasses import fields
+
+    from rnngrad.cli import build_parser
+    from rnngrad.train import TrainConfig
+
+    args = vars(build_parser().parse_args(["train"]))
+    names = {f.name for f in fields(TrainConfig)}
+    assert names - set(args) == {"task_train_size", "task_val_size", "sample_length"}
+    assert set(args) - names == {"out", "resume", "no_progress", "run", "command"}

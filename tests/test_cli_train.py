@@ -1,7 +1,6 @@
 """rnngrad train / sample / flow end to end, as a user runs them (subprocesses)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -229,8 +228,9 @@ def test_resume_with_the_metrics_file_removed_still_saves_and_exits_0(tmp_path, 
     assert [row["step"] for row in rows(out)] == [10] and f"{out / 'loss.png'}" in r.stdout
 
 
-@pytest.mark.parametrize("meta", [None, {"config": [1, 2], "vocab": None}, {"config": {"text": None}}])
-def test_sample_and_flow_refuse_a_checkpoint_not_written_by_training(tmp_path, meta):
+@pytest.mark.parametrize("meta,missing", [(None, "config"), ({"config": [1, 2], "vocab": None}, "config"),
+                                          ({"config": {"text": None}}, "optimizer")])
+def test_sample_and_flow_refuse_a_checkpoint_not_written_by_training(tmp_path, meta, missing):
     from rnngrad import RNN
     from rnngrad.checkpoint import save_checkpoint
     plain = save_checkpoint(tmp_path / "plain.npz", RNN(3, 4, 3), meta)
@@ -238,7 +238,7 @@ def test_sample_and_flow_refuse_a_checkpoint_not_written_by_training(tmp_path, m
         r = rnngrad(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr == (f"rnngrad {args[0]}: error: {str(plain)!r} is not a training checkpoint (no "
-                            f"vocabulary/config); train with rnngrad train to make one\n"), args
+                            f"{missing!r} section); train with rnngrad train to make one\n"), args
 
 
 def test_sample_prime_escapes_keep_non_ascii_characters(tmp_path):
@@ -249,3 +249,59 @@ def test_sample_prime_escapes_keep_non_ascii_characters(tmp_path):
     r = rnngrad("sample", "--checkpoint", out, "--prime", "café\\n\\t\\\\î", "--escapes", "--length", 5, "--seed", 0)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("café\n\t\\î") and len(r.stdout) == len("café\n\t\\î") + 5 + 1
+
+
+def main_error(capsys, *args):
+    """(exit status, stderr) of rnngrad run in this process, for errors raised before any training."""
+    from rnngrad.cli import main
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return code, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--text", "{text}", "--max-chars", 10], "--max-chars applies to the default corpus only, not to --text"),
+    (["--task", "adding", "--max-chars", 10], "--max-chars applies to the default corpus only, not to --task"),
+    (["--task", "adding", "--val-fraction", 0.2], "--val-fraction applies to text only"),
+    (["--task", "adding", "--seed", -1], "seed must be a non-negative integer; got -1"),
+    (["--text", "{text}", "--seed", -3], "seed must be a non-negative integer; got -3"),
+])
+def test_train_refuses_options_it_would_ignore_or_misread(tmp_path, text_file, capsys, args, message):
+    args = [str(a).replace("{text}", str(text_file)) for a in args]
+    code, err = main_error(capsys, "train", *args, "--out", tmp_path / "run", *SMALL)
+    assert code == 2 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def text_run(tmp_path, text_file):
+    from rnngrad.train import TrainConfig, Trainer
+    out = tmp_path / "run"
+    Trainer(TrainConfig(text=str(text_file), hidden_size=8, chunk_len=10, batch_size=4, steps=5, log_every=5,
+                        dtype="float64"), out).run()
+    return out
+
+
+def test_resume_refuses_fewer_steps_than_taken(text_run, capsys):
+    code, err = main_error(capsys, "train", "--resume", text_run, "--steps", 3)
+    assert code == 2 and "--steps) 3 is below step 5, where the run in" in err and "give 5 or more" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", 3], "--checkpoint takes the model, its seed and its data from the checkpoint; "
+                    "--activations, --scales, --hidden-size and --seed are for fresh models only (got --seed)"),
+    (["--activations", "relu", "--scales", 2, "-H", 4], "(got --activations, --scales, --hidden-size)"),
+    (["-T", 100000], "-T 100000 is longer than the held-out text of this run allows ("),
+])
+def test_flow_from_a_checkpoint_refuses_what_it_cannot_use(tmp_path, text_run, capsys, args, message):
+    code, err = main_error(capsys, "flow", "--checkpoint", text_run, *args, "--out", tmp_path / "f.png")
+    assert code == 2 and message in err and "--chunk-len" not in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_flow_writes_into_a_folder_it_creates(tmp_path, text_run):
+    from rnngrad.cli import main
+    out = tmp_path / "new" / "flow.png"
+    assert main(["flow", "--checkpoint", str(text_run), "-T", "8", "-B", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

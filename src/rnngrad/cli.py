@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from . import __version__, bench
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
-from .model import RNN
+from .model import RECURRENT_INITS, RNN
+from .validation import FLOAT_DTYPES
 
 __all__ = ["main", "build_parser"]
 
@@ -129,18 +131,19 @@ def _format_row(row, steps: int) -> str:
     return "  ".join(parts)
 
 
-_RESUME_FIXED = ("text", "task", "max_chars", "val_fraction", "hidden_size", "hidden_activation", "recurrent_init",
-                 "dtype", "optimizer", "lr", "momentum", "clip_norm", "clip_value", "chunk_len", "batch_size",
-                 "seed", "log_every", "sample_every", "checkpoint_every")
+# Settings that --resume takes from the checkpoint; every other TrainConfig field with an option.
+_RESUME_MAY_CHANGE = ("steps", "time_budget")
 
 
 def _cmd_train(args) -> int:
-    from .train import LOSS_PLOT, METRICS, TrainConfig, Trainer
+    from .train import CHECKPOINT, LOSS_PLOT, METRICS, TrainConfig, Trainer
 
+    # The TrainConfig fields this command has an option for (its dest is the field's name).
+    options = [f for f in fields(TrainConfig) if hasattr(args, f.name)]
     if args.resume is not None:
         # Everything but the step limit and time budget comes from the checkpoint; an option that
         # would silently be ignored is an error instead.
-        fixed = [name for name in _RESUME_FIXED if getattr(args, name) != getattr(TrainConfig, name)]
+        fixed = [f.name for f in options if f.name not in _RESUME_MAY_CHANGE and getattr(args, f.name) != f.default]
         if args.out is not None:
             fixed.append("out")
         if fixed:
@@ -151,17 +154,20 @@ def _cmd_train(args) -> int:
         out = Path(args.resume)
         print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
     else:
-        config = TrainConfig(
-            text=args.text, task=args.task, max_chars=args.max_chars, hidden_size=args.hidden_size,
-            hidden_activation=args.hidden_activation, recurrent_init=args.recurrent_init, dtype=args.dtype,
-            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-            clip_norm=args.clip_norm or None, clip_value=args.clip_value, chunk_len=args.chunk_len,
-            batch_size=args.batch_size, steps=args.steps if args.steps is not None else TrainConfig.steps,
-            time_budget=args.time_budget, seed=args.seed, val_fraction=args.val_fraction,
-            log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every)
+        # Options of one kind of data given with another would be silently ignored.
+        if args.max_chars is not None and (args.text is not None or args.task is not None):
+            raise ValueError(f"--max-chars applies to the default corpus only, not to "
+                             f"{'--text' if args.text is not None else '--task'}; leave it out")
+        if args.task is not None and args.val_fraction != TrainConfig.val_fraction:
+            raise ValueError("--val-fraction applies to text only; a task has its own validation set")
+        values = {f.name: getattr(args, f.name) for f in options}
+        values["clip_norm"] = values["clip_norm"] or None  # --clip-norm 0: off
+        if values["steps"] is None:  # the option's default is None so that --resume can keep the saved value
+            del values["steps"]
+        config = TrainConfig(**values)
         name = args.task or (Path(args.text).stem if args.text else "default-corpus")
         out = Path(args.out) if args.out else _new_run_dir(name)
-        if (out / "checkpoint.npz").exists():
+        if (out / CHECKPOINT).exists():
             raise ValueError(f"--out {str(out)!r} already holds a run; continue it with --resume {out}, "
                              f"or choose another folder")
         trainer = Trainer(config, out)
@@ -218,7 +224,7 @@ def _cmd_train(args) -> int:
         print(f"step {p.step}: no metrics logged in {out / METRICS}")
     if trainer.data.vocab is not None and status != "stopped":
         print(f"--- sample (temperature 0.8) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
-    print(f"wrote {out / 'checkpoint.npz'}, {out / METRICS}" + (
+    print(f"wrote {out / CHECKPOINT}, {out / METRICS}" + (
         f", {out / LOSS_PLOT}" if trainer.plot_note is None else f" ({LOSS_PLOT} not updated: {trainer.plot_note})"))
     if status == "stopped":
         name = signal.Signals(stop.signal).name
@@ -231,28 +237,12 @@ def _cmd_train(args) -> int:
 
 # --- sample --------------------------------------------------------------------------------
 
-def _load_training_checkpoint(path: Path):
-    """(path, meta, arrays) of a checkpoint written by rnngrad train (a run folder or its checkpoint.npz).
-
-    A checkpoint of a bare model (save_checkpoint without training metadata) is refused with a
-    CheckpointError, as Trainer.resume does, rather than failing later on a missing entry.
-    """
-    from .checkpoint import CheckpointError, load_checkpoint
-
-    if path.is_dir():
-        path = path / "checkpoint.npz"
-    meta, arrays = load_checkpoint(path)
-    if not isinstance(meta.get("config"), dict) or "vocab" not in meta:
-        raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no vocabulary/config); "
-                              f"train with rnngrad train to make one")
-    return path, meta, arrays
-
-
 def _load_for_sampling(path: Path):
     from .checkpoint import CheckpointError, model_from_checkpoint
     from .data import Vocabulary
+    from .train import load_training_checkpoint
 
-    path, meta, arrays = _load_training_checkpoint(path)
+    path, meta, arrays = load_training_checkpoint(path)
     if not meta["vocab"]:
         raise CheckpointError(f"{str(path)!r} holds a model trained on a task, not on text; nothing to sample")
     return model_from_checkpoint(meta, arrays), Vocabulary.from_json(meta["vocab"])
@@ -292,31 +282,42 @@ def _cmd_sample(args) -> int:
 
 # --- flow ----------------------------------------------------------------------------------
 
+# Options of flow's fresh models, which --checkpoint replaces by the trained model and its data.
+_FLOW_FRESH = {"activations": ["tanh", "relu", "sigmoid"], "scales": [0.5, 1.0, 1.5], "hidden_size": 32, "seed": 0}
+
+
 def _cmd_flow(args) -> int:
     from .diagnostics import flow_sweep, gradient_flow
     from .plots import plot_flow
 
     if args.checkpoint is not None:
         from .checkpoint import model_from_checkpoint
-        from .train import TaskData, TextData, TrainConfig
         from .data import Vocabulary
+        from .train import TaskData, TextData, TrainConfig, load_training_checkpoint
 
-        path, meta, arrays = _load_training_checkpoint(Path(args.checkpoint))
+        ignored = [name for name, default in _FLOW_FRESH.items() if getattr(args, name) != default]
+        if ignored:
+            raise ValueError("--checkpoint takes the model, its seed and its data from the checkpoint; "
+                             "--activations, --scales, --hidden-size and --seed are for fresh models only "
+                             f"(got {', '.join('--' + n.replace('_', '-') for n in ignored)})")
+        path, meta, arrays = load_training_checkpoint(Path(args.checkpoint))
         model = model_from_checkpoint(meta, arrays)
         config = TrainConfig.from_dict(meta["config"])
-        config.chunk_len = args.T
         if config.task is not None:
+            config.chunk_len = args.T  # a task makes sequences of any length
             data = TaskData(config)
-            x, y, mask = data.val_x[:, :args.batch_size], data.val_y[:, :args.batch_size], None
         else:
+            # The held-out text as the run read it; its streams are long enough for some T, not any.
             data = TextData(config, vocab=Vocabulary.from_json(meta["vocab"]))
-            x, y, mask = data.val_x[:args.T], data.val_y[:args.T], None
-        results = [gradient_flow(model, x, y, mask=mask, label=f"trained {model.f.name}")]
+            if data.val_x.shape[0] < args.T:
+                raise ValueError(f"-T {args.T} is longer than the held-out text of this run allows "
+                                 f"({data.val_x.shape[0]} steps); use a smaller -T")
+        x, y = data.val_x[:args.T, :args.batch_size], data.val_y[:args.T, :args.batch_size]
+        results = [gradient_flow(model, x, y, label=f"trained {model.f.name}")]
     else:
         results = flow_sweep(hidden_activations=args.activations, scales=args.scales, T=args.T,
                              batch_size=args.batch_size, hidden_size=args.hidden_size, seed=args.seed)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     plot_flow(results, out)
     print("| model | spectral radius of W_h | ‖dL/dh_1‖ | ‖dL/dh_T‖ | ‖dL/dh_1‖ / ‖dL/dh_T‖ |")
     print("|---|---:|---:|---:|---:|")
@@ -330,13 +331,13 @@ def _cmd_flow(args) -> int:
 def _add_train_parser(sub) -> None:
     from .data import TASKS
     from .optim import OPTIMIZERS
-    from .train import TrainConfig  # its defaults are the command's defaults
+    from .train import CHECKPOINT, LOSS_PLOT, METRICS, TrainConfig  # its defaults are the command's defaults
 
     p = sub.add_parser(
         "train", formatter_class=_Formatter, help="train a model on text or a synthetic task",
         description="Train a recurrent model. With no arguments: a character model on the default "
                     "corpus (Python standard library sources already on this machine). Writes "
-                    "checkpoint.npz, metrics.jsonl and loss.png into the output folder; Ctrl-C saves a "
+                    f"{CHECKPOINT}, {METRICS} and {LOSS_PLOT} into the output folder; Ctrl-C saves a "
                     "checkpoint and stops, and --resume continues exactly where it stopped.")
     data = p.add_argument_group("data")
     data.add_argument("--text", metavar="PATH", help="UTF-8 text file to model character by character "
@@ -348,9 +349,10 @@ def _add_train_parser(sub) -> None:
     model.add_argument("--hidden-size", "-H", type=_positive_int, default=TrainConfig.hidden_size, help="hidden units")
     model.add_argument("--hidden-activation", "-f", default=TrainConfig.hidden_activation, choices=sorted(HIDDEN_ACTIVATIONS),
                        help="hidden activation f")
-    model.add_argument("--recurrent-init", default=TrainConfig.recurrent_init, choices=["uniform", "identity", "orthogonal"],
+    model.add_argument("--recurrent-init", default=TrainConfig.recurrent_init, choices=RECURRENT_INITS,
                        help="initialisation of W_h")
-    model.add_argument("--dtype", default=TrainConfig.dtype, choices=["float32", "float64"], help="floating-point type")
+    model.add_argument("--dtype", default=TrainConfig.dtype, choices=[dt.name for dt in FLOAT_DTYPES],
+                       help="floating-point type")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--optimizer", default=TrainConfig.optimizer, choices=sorted(OPTIMIZERS), help="optimizer")
     opt.add_argument("--lr", type=_positive_float, default=TrainConfig.lr, help="learning rate")
@@ -375,7 +377,7 @@ def _add_train_parser(sub) -> None:
 
     p = sub.add_parser("sample", formatter_class=_Formatter, help="generate text from a trained character model",
                        description="Generate text from a checkpoint written by rnngrad train.")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint.npz, or the run folder holding it")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"{CHECKPOINT}, or the run folder holding it")
     p.add_argument("--length", "-n", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", "-t", type=_positive_float, default=0.8,
                    help="sampling temperature (lower: safer and more repetitive)")
@@ -392,15 +394,16 @@ def _add_train_parser(sub) -> None:
                     "spectral radius is the scale), plus a heatmap of |dL/dh_t| per unit, and print the ratio "
                     "‖dL/dh_1‖ / ‖dL/dh_T‖ beside the spectral radius. With --checkpoint: the trained model on "
                     "its own validation data.")
-    p.add_argument("--checkpoint", metavar="PATH", help="a trained model (checkpoint.npz or run folder) instead of fresh ones")
-    p.add_argument("--activations", nargs="+", default=["tanh", "relu", "sigmoid"], choices=sorted(HIDDEN_ACTIVATIONS),
-                   metavar="F", help="hidden activations to compare")
-    p.add_argument("--scales", nargs="+", type=_positive_float, default=[0.5, 1.0, 1.5], metavar="S",
-                   help="spectral radii of W_h to compare")
+    p.add_argument("--checkpoint", metavar="PATH", help=f"a trained model ({CHECKPOINT} or run folder) instead of fresh ones")
+    p.add_argument("--activations", nargs="+", default=_FLOW_FRESH["activations"], choices=sorted(HIDDEN_ACTIVATIONS),
+                   metavar="F", help="hidden activations to compare (fresh models)")
+    p.add_argument("--scales", nargs="+", type=_positive_float, default=_FLOW_FRESH["scales"], metavar="S",
+                   help="spectral radii of W_h to compare (fresh models)")
     p.add_argument("-T", type=_positive_int, default=50, help="time steps")
     p.add_argument("--batch-size", "-B", type=_positive_int, default=16, help="sequences")
-    p.add_argument("--hidden-size", "-H", type=_positive_int, default=32, help="hidden units (fresh models)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the models and data")
+    p.add_argument("--hidden-size", "-H", type=_positive_int, default=_FLOW_FRESH["hidden_size"],
+                   help="hidden units (fresh models)")
+    p.add_argument("--seed", type=int, default=_FLOW_FRESH["seed"], help="seed for the models and data (fresh models)")
     p.add_argument("--out", default="flow.png", help="PNG file to write")
     p.set_defaults(run=_cmd_flow)
 
@@ -448,16 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as err:
-        # Bad input the library refused (or a file it could not read): one line, not a traceback.
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
+        # Bad input the library refused, a file it could not read, a missing optional dependency
+        # (matplotlib for flow) or a diverged run (exit 1): one line, not a traceback.
         print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:
-        print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except ImportError as err:  # an optional dependency (matplotlib for flow) is missing
-        print(f"rnngrad {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, FloatingPointError) else 2
     except KeyboardInterrupt:
         # A second Ctrl-C during training, or one outside it: files are written atomically,
         # so whatever was saved last is intact.
