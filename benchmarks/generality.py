@@ -21,7 +21,8 @@ import numpy as np
 
 import rnngrad
 from rnngrad import bench
-from rnngrad.bptt import input_weight_grad
+from rnngrad.engines import available_engines, default_engine, get_engine
+from rnngrad.layer import input_weight_grad
 
 # name -> (RNN options, how the targets / inputs / call differ from the canonical one)
 VARIANTS = {
@@ -94,17 +95,12 @@ def scatter_add_contenders(N: int, H: int, D: int, dtype, seed: int = 0) -> dict
         return np.stack([np.bincount(x, weights=dz[:, j], minlength=D) for j in range(H)]).astype(dtype)
 
     def rnngrad_path(kernels: bool):
-        def run():
-            previous = rnngrad._kernels.set_enabled(kernels)
-            try:
-                return input_weight_grad(x, dz, D)
-            finally:
-                rnngrad._kernels.set_enabled(previous)
-        return run
+        engine = get_engine("numba" if kernels else "numpy")
+        return lambda: input_weight_grad(x, dz, D, engine)
 
     runs = {"np.add.at": add_at, "np.bincount per hidden unit": bincount,
             "rnngrad without numba: sort + np.add.reduceat": rnngrad_path(False)}
-    if rnngrad._kernels.available():
+    if "numba" in available_engines():
         runs["rnngrad with rnngrad[fast]: compiled scatter-add"] = rnngrad_path(True)
     ref = runs["np.add.at"]()
     for name, run in runs.items():
@@ -127,7 +123,7 @@ def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
     # As in rnngrad bench, and measured first for the same reason: the machine's rate in this
     # run, and its three 16 MiB arrays raise glibc's mmap threshold, so that no variant pays
     # page faults for its fresh arrays (docs/performance.md, third pass) that another does not.
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kernels": rnngrad._kernels.enabled(),
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engine": default_engine().name,
               "matmul_gflops": bench.matmul_rate(), "shapes": []}
     for shape in shapes:
         problem = bench.make_problem(shape)
@@ -147,8 +143,8 @@ def run(shapes, repeats: int | None, budget: float, use_torch: bool) -> dict:
 
 
 def format_markdown(result: dict) -> str:
-    lines = [f"rnngrad generality benchmark, {result['date']}, kernels "
-             f"{'on' if result['kernels'] else 'off'}; float32, median ms of one gradients call; "
+    lines = [f"rnngrad generality benchmark, {result['date']}, engine "
+             f"{result['engine']}; float32, median ms of one gradients call; "
              f"float32 matmul (2048^3) {result['matmul_gflops']:.1f} GFLOP/s", ""]
     for entry in result["shapes"]:
         lines += [f"### (T, B, D, H, O) = {tuple(entry['shape'])}, {entry['repeats']} repeats", "",

@@ -6,10 +6,10 @@ input: the largest error in units in the last place (ulp) of the float32 result.
 
 tanh is odd and computed from |x|, so every non-negative float32 (+inf included) is checked;
 the sigmoid on every float32 of both signs (±inf included). NaN inputs give NaN (tested in
-tests/test_kernels.py). The error is counted in ulps of the exact value, 2^(e-24) for
+tests/test_engines.py). The error is counted in ulps of the exact value, 2^(e-24) for
 |exact| in [2^(e-1), 2^e), so that a result one step below a power of two is not measured in
 the larger step above it. The reference is NumPy's float64 tanh / exp, whose own error (about
-1e-16 relative) is far below a float32 ulp (6e-8 relative). tests/test_kernels.py checks dense
+1e-16 relative) is far below a float32 ulp (6e-8 relative). tests/test_engines.py checks dense
 grids of the same on every run; this script is the once-over. Not part of CI.
 """
 
@@ -20,16 +20,19 @@ import time
 
 import numpy as np
 
-from rnngrad import Sigmoid, Tanh, _kernels
+from rnngrad import Sigmoid, Tanh
+from rnngrad.engines import numba_available
+from rnngrad.engines.numba_engine import RECURRENCE_KERNELS
 
-# The kernels' codes of the two activations (rnngrad._kernels_jit._TANH, _SIGMOID).
-_TANH, _SIGMOID = (_kernels._KINDS[cls] for cls in (Tanh, Sigmoid))
+# The kernels' codes of the two activations (as Activation.kernel names them).
+_TANH, _SIGMOID = (RECURRENCE_KERNELS[cls.kernel] for cls in (Tanh, Sigmoid))
 
 
 def _max_ulp(kind: int, bits: np.ndarray) -> tuple[float, float]:
     x = bits.view(np.float32)
     ours = x.copy()
-    _kernels._jit_module()._activate(kind, ours, np.float32(1))
+    from rnngrad.engines import _numba_kernels
+    _numba_kernels._activate(kind, ours, np.float32(1))
     x64 = x.astype(np.float64)
     if kind == _TANH:
         ref = np.tanh(x64)
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunk", type=int, default=24, help="log2 of the inputs per chunk (default 24)")
     args = p.parse_args(argv)
-    if not _kernels.available():
+    if not numba_available():
         raise SystemExit("needs rnngrad[fast] (numba and scipy)")
     chunk = 1 << args.chunk
     f32 = lambda v: int(np.float32(v).view(np.uint32))  # noqa: E731

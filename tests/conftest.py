@@ -40,3 +40,13 @@ def assert_close(actual, expected, rtol, name=""):
     scale = np.max(np.abs(expected), initial=0.0)
     err = np.max(np.abs(actual - expected), initial=0.0)
     assert err <= rtol * max(scale, 1e-300), f"{name}: max abs error {err:.3e}, scale {scale:.3e}, rel {err / max(scale, 1e-300):.3e} > {rtol:g}"
+
+
+def all_grads(res):
+    """res.grads with the state gradients under the oracle's names: "h" (res.dh), "y_hat"
+    (res.dy_hat), "x" (res.dx) and "h0" (res.dh0), each where it was computed."""
+    out = dict(res.grads)
+    for name, value in (("h", res.dh), ("y_hat", res.dy_hat), ("x", res.dx), ("h0", res.dh0)):
+        if value is not None:
+            out[name] = value
+    return out

@@ -80,3 +80,133 @@ def reference(params, x, y, *, hidden="tanh", output="softmax", loss="cross_entr
         grads["x"] = X.grad.numpy()
     grads["h0"] = H0.grad.numpy()
     return L.item(), grads
+
+
+# --- stacked and bidirectional networks -------------------------------------------------------
+
+def _torch(a, dtype):
+    return torch.tensor(np.asarray(a), dtype=dtype)
+
+
+def _inputs(x, D, dtype):
+    x_np = np.asarray(x)
+    if x_np.ndim == 2:  # token indices: one-hot rows, so nn.RNN can read them
+        return torch.nn.functional.one_hot(torch.tensor(x_np, dtype=torch.int64), D).to(dtype), True
+    return torch.tensor(x_np, dtype=dtype, requires_grad=True), False
+
+
+def _loss_from_outputs(y_hats, y, mask, loss, output, reduction, dtype):
+    T, B = y_hats.shape[:2]
+    y_np = np.asarray(y)
+    Y = torch.tensor(y_np, dtype=torch.int64 if y_np.dtype.kind in "iu" else dtype)
+    if mask is not None and Y.dtype == torch.int64:
+        Y = torch.where(torch.tensor(np.asarray(mask, dtype=bool)), Y, 0)  # padding may be any integer
+    rows = torch.stack([per_step_loss(loss, output, y_hats[t], Y[t]) for t in range(T)])
+    w = torch.ones(T, B, dtype=dtype) if mask is None else torch.tensor(np.asarray(mask), dtype=dtype)
+    if reduction == "mean":
+        w = w / w.sum()
+    return torch.where(w != 0, w * rows, torch.zeros((), dtype=dtype)).sum()
+
+
+def deep_reference(rnn_state, linear_state, x, y, *, num_layers, bidirectional, hidden="tanh",
+                   output="softmax", loss="cross_entropy", h0=None, mask=None, reduction="sum",
+                   dropout_masks=None, dtype=torch.float64):
+    """A stacked, optionally bidirectional RNN written out step by step in torch, from PyTorch
+    state dicts (nn.RNN keys), differentiated by autograd.
+
+    The reverse direction of sequence b reads x_{l_b - 1}, ..., x_0 (l_b its number of valid
+    steps in ``mask``); its state at t is h_rev[t] for t < l_b and zero at padding, as
+    pad_packed_sequence gives. Returns (loss, grads) with grads keyed by the state-dict keys
+    (weight_ih_l0, ..., "linear.weight", "linear.bias") and "dh" (U, T, B, H) total dL/dh_t of
+    every layer and direction, "dy_hat", "x" (float inputs), "h0" (U, B, H).
+    """
+    P = {k: _torch(v, dtype).requires_grad_(True) for k, v in rnn_state.items()}
+    Wy, by = (_torch(linear_state[k], dtype).requires_grad_(True) for k in ("weight", "bias"))
+    X, tokens = _inputs(x, P["weight_ih_l0"].shape[1], dtype)
+    T, B = X.shape[:2]
+    H = P["weight_hh_l0"].shape[0]
+    dirs = 2 if bidirectional else 1
+    U = num_layers * dirs
+    H0 = (torch.zeros(U, B, H, dtype=dtype) if h0 is None else _torch(np.asarray(h0).reshape(U, B, H), dtype))
+    H0.requires_grad_(True)
+    lengths = [T] * B if mask is None else np.asarray(mask, dtype=bool).sum(0).tolist()
+    f = HIDDEN[hidden]
+    states = []  # every unit's states, each a list over t of (B, H), retained for their grads
+    inp = X
+    for k in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            sfx = f"_l{k}" + ("_reverse" if d else "")
+            W_ih, W_hh = P["weight_ih" + sfx], P["weight_hh" + sfx]
+            b = P.get("bias_ih" + sfx, 0) + P.get("bias_hh" + sfx, 0)
+            cells = [[None] * B for _ in range(T)]  # cells[t][b]: the (H,) state, None at padding
+            for bi in range(B):  # one sequence at a time: each reverse pass starts at its own end
+                h = H0[k * dirs + d, bi]
+                order = range(lengths[bi]) if d == 0 else range(lengths[bi] - 1, -1, -1)
+                if d == 0 and not bidirectional:
+                    order = range(T)  # a unidirectional network runs over every step
+                for t in order:
+                    h = f(inp[t, bi] @ W_ih.T + h @ W_hh.T + b)
+                    h.retain_grad()  # its grad is the total dL/dh_t: every path, the recursion too
+                    cells[t][bi] = h
+            zero = torch.zeros(H, dtype=dtype)
+            states.append(cells)
+            outs.append(torch.stack([torch.stack([c if c is not None else zero for c in row]) for row in cells]))
+        inp = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
+        if dropout_masks is not None and k < num_layers - 1:
+            inp = inp * _torch(dropout_masks[k], dtype)
+    y_hats = OUTPUT[output](inp @ Wy.T + by)
+    y_hats.retain_grad()
+    L = _loss_from_outputs(y_hats, y, mask, loss, output, reduction, dtype)
+    L.backward()
+    grads = {k: v.grad.numpy() for k, v in P.items()}
+    grads["linear.weight"], grads["linear.bias"] = Wy.grad.numpy(), by.grad.numpy()
+    grads["dh"] = np.array([[[np.zeros(H) if c is None or c.grad is None else c.grad.numpy() for c in row]
+                             for row in cells] for cells in states])
+    grads["dy_hat"] = y_hats.grad.numpy()
+    if not tokens:
+        grads["x"] = X.grad.numpy()
+    grads["h0"] = H0.grad.numpy()
+    return L.item(), grads
+
+
+def nn_rnn_reference(rnn_state, linear_state, x, y, *, num_layers, bidirectional, hidden="tanh",
+                     output="softmax", loss="cross_entropy", h0=None, mask=None, reduction="sum",
+                     dtype=torch.float64):
+    """The same through torch.nn.RNN itself (tanh or relu), with pack_padded_sequence for a mask.
+
+    Returns (loss, grads, h_n) with grads keyed as nn.RNN's parameters plus "linear.weight",
+    "linear.bias", "dh_top" (T, B, C) dL/d(the top layer's output), "dy_hat", "x", "h0".
+    """
+    D = np.asarray(rnn_state["weight_ih_l0"]).shape[1]
+    H = np.asarray(rnn_state["weight_hh_l0"]).shape[0]
+    rnn = torch.nn.RNN(D, H, num_layers=num_layers, nonlinearity=hidden, bidirectional=bidirectional,
+                       dtype=dtype)
+    rnn.load_state_dict({k: _torch(v, dtype) for k, v in rnn_state.items()})
+    lin = torch.nn.Linear(2 * H if bidirectional else H, np.asarray(linear_state["weight"]).shape[0], dtype=dtype)
+    lin.load_state_dict({k: _torch(v, dtype) for k, v in linear_state.items()})
+    X, tokens = _inputs(x, D, dtype)
+    T, B = X.shape[:2]
+    U = num_layers * (2 if bidirectional else 1)
+    H0 = (torch.zeros(U, B, H, dtype=dtype) if h0 is None else _torch(np.asarray(h0).reshape(U, B, H), dtype))
+    H0.requires_grad_(True)
+    if mask is None:
+        out, h_n = rnn(X, H0)
+    else:
+        lengths = torch.tensor(np.asarray(mask, dtype=bool).sum(0))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(X, lengths, enforce_sorted=False)
+        out, h_n = rnn(packed, H0)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    out.retain_grad()
+    y_hats = OUTPUT[output](lin(out))
+    y_hats.retain_grad()
+    L = _loss_from_outputs(y_hats, y, mask, loss, output, reduction, dtype)
+    L.backward()
+    grads = {k: p.grad.numpy() for k, p in rnn.named_parameters()}
+    grads["linear.weight"], grads["linear.bias"] = lin.weight.grad.numpy(), lin.bias.grad.numpy()
+    grads["dh_top"] = out.grad.numpy()
+    grads["dy_hat"] = y_hats.grad.numpy()
+    if not tokens:
+        grads["x"] = X.grad.numpy()
+    grads["h0"] = H0.grad.numpy()
+    return L.item(), grads, h_n.detach().numpy()

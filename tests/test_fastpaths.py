@@ -4,24 +4,22 @@ Oracles: NumPy's element-wise isfinite / min / max, the log-sum-exp form of soft
 cross-entropy, binary cross-entropy in extended precision, and the two-product form of dW_h.
 """
 
-import dataclasses
 import warnings
 
 import numpy as np
+
 import pytest
 
 from rnngrad import RNN
-from rnngrad.activations import Softmax
-from rnngrad.bptt import backward
-from rnngrad.activations import Sigmoid
+from rnngrad.activations import Sigmoid, Softmax
+from rnngrad.engines import NumpyEngine
+from rnngrad.layer import layer_backward, layer_forward
 from rnngrad.losses import (
-    CrossEntropy,
     _sigmoid_binary_cross_entropy,
     _softmax_cross_entropy,
-    _softmax_cross_entropy_index,
     _softmax_cross_entropy_rows,
+    softmax_cross_entropy_index,
 )
-from rnngrad.model import forward
 from rnngrad.validation import _out_of_range, all_finite
 
 
@@ -75,7 +73,7 @@ def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype, targets
     N, O = 40, 9
     a = (rng.standard_normal((N, O)) * 4).astype(dtype)
     if targets == "indices":
-        fast_form = _softmax_cross_entropy_index
+        fast_form = softmax_cross_entropy_index
         y = rng.integers(0, O, N)
         y2 = np.append(y, O - 1)  # the underflowing class is the target
     else:
@@ -90,7 +88,7 @@ def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype, targets
     a2 = np.vstack([a, np.array([[0] * (O - 1) + [-1e4]], dtype=dtype)])
     y_hat2 = Softmax().fn(a2)
     assert fast_form(y_hat2, y2, True) is None
-    slow = _softmax_cross_entropy(a2, y_hat2, y2, True)
+    slow = _softmax_cross_entropy(a2, y_hat2, y2, True, NumpyEngine())
     tol = 2e-5 if dtype == np.float32 else 1e-13
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f, s[:N], rtol=tol, atol=tol)
@@ -98,7 +96,7 @@ def test_softmax_cross_entropy_from_y_hat_equals_log_sum_exp(rng, dtype, targets
     if targets == "indices":
         assert slow[0][N] == pytest.approx(1e4 + np.log(O - 1), rel=1e-6)
     # The loss alone (want_dy_hat False, the path of RNN.loss) equals the log-sum-exp form too.
-    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False)[0], slow[0][:N], rtol=tol, atol=tol)
+    np.testing.assert_allclose(_softmax_cross_entropy(a, y_hat, y, False, NumpyEngine())[0], slow[0][:N], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -110,7 +108,7 @@ def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(
     y = np.array([0, 1e-7, 0.3, 0.5, 1 - 1e-7, 1], dtype=dtype)
     A, Y = (m.reshape(-1, 1) for m in np.meshgrid(a, y))
     with np.errstate(over="ignore"):
-        rows, da, dy_hat = _sigmoid_binary_cross_entropy(A, Sigmoid().fn(A), Y, True)
+        rows, da, dy_hat = _sigmoid_binary_cross_entropy(A, Sigmoid().fn(A), Y, True, NumpyEngine())
     L = np.longdouble
     ai, yi = A.astype(L), Y.astype(L)
     log_s = lambda v: np.minimum(v, 0) - np.log1p(np.exp(-np.abs(v)))  # noqa: E731
@@ -137,7 +135,7 @@ def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(
     edge = np.array([[big], [-big], [big]], dtype=dtype)
     with np.errstate(over="ignore"):
         edge_rows = _sigmoid_binary_cross_entropy(edge, Sigmoid().fn(edge), np.array([[1], [0], [0]], dtype=dtype),
-                                                  False)[0]
+                                                  False, NumpyEngine())[0]
     assert edge_rows.tolist() == [0.0, 0.0, float(big)]
     # dL/da = y_hat - y against y_hat from extended precision.
     s_exact = (1 / (1 + np.exp(-ai))).astype(dtype)
@@ -148,20 +146,20 @@ def test_binary_cross_entropy_rows_accurate_for_extreme_logits_and_soft_targets(
 def test_weight_gradient_over_h_prev_equals_two_products(rng, inputs):
     T, B, D, H, O = 6, 3, 5, 4, 3
     model = RNN(D, H, O, seed=2)
+    p = model.params
     x = rng.integers(0, D, (T, B)) if inputs == "tokens" else rng.standard_normal((T, B, D))
-    y = rng.integers(0, O, (T, B))
     h0 = rng.standard_normal((B, H))
-    cache = forward(model.params, x, h0, model.f, model.g)
+    engine = NumpyEngine()
+    cache = layer_forward(x, h0, p["W_x"], p["W_h"], p["b_h"], model.f, engine)
     np.testing.assert_array_equal(cache.h_prev[0], h0)
     np.testing.assert_array_equal(cache.h_prev[1:], cache.h[:-1])
     assert np.shares_memory(cache.h_prev, cache.h)  # a view, not a copy
-    with_view = backward(model.params, cache, y.reshape(-1), None, model.f, model.g, CrossEntropy())
+    dh_out = rng.standard_normal((T, B, H))
+    dh = dh_out.copy()
+    grads, _, _ = layer_backward(cache, dh, p["W_x"], p["W_h"], model.f, engine)
     # The seed's sum written as two products, the t = 1 term (h_0) apart.
-    dz = with_view.grads["h"] * model.f.derivative(None, cache.h)
+    dz = dh * model.f.derivative(None, cache.h)
     two_products = np.dot(dz[1:].reshape(-1, H).T, cache.h[:-1].reshape(-1, H)) + np.dot(dz[0].T, h0)
-    np.testing.assert_allclose(with_view.grads["W_h"], two_products, rtol=1e-13, atol=1e-15)
-    # A Forward built without h_prev (by hand) gives the same.
-    without = backward(model.params, dataclasses.replace(cache, h_prev=None), y.reshape(-1), None,
-                       model.f, model.g, CrossEntropy())
-    for key in without.grads:
-        np.testing.assert_allclose(with_view.grads[key], without.grads[key], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(grads["W_h"], two_products, rtol=1e-13, atol=1e-15)
+    # dh became the total: the arriving part plus dz_{t+1} W_h (seed §3B).
+    np.testing.assert_allclose(dh[:-1], dh_out[:-1] + dz[1:] @ p["W_h"], rtol=1e-13, atol=1e-15)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import rnngrad
-import rnngrad.bptt
+import rnngrad.network
 from rnngrad.cli import random_problem
-from conftest import COMBOS
+from conftest import COMBOS, all_grads
 
 
 @pytest.mark.parametrize("f,g,l", COMBOS)
@@ -31,14 +31,14 @@ def test_detects_a_wrong_gradient(rng, monkeypatch):
     """Break one gradient by 1e-4 relative: the check must fail on it and only on it."""
     m = rnngrad.RNN(3, 4, 3, seed=0)
     x, y = random_problem(m, 4, 2, rng)
-    real = rnngrad.bptt.backward
+    real = rnngrad.network.backward
 
     def broken(*args, **kwargs):
         res = real(*args, **kwargs)
         res.grads["W_h"] = res.grads["W_h"] * (1 + 1e-4)
         return res
 
-    monkeypatch.setattr("rnngrad.model.backward", broken)
+    monkeypatch.setattr("rnngrad.network.backward", broken)
     report = rnngrad.check_gradients(m, x, y)
     assert not report.passed
     assert not report["W_h"].passed and report["W_h"].max_rel_error > 5e-5

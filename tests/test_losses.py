@@ -6,6 +6,7 @@ import pytest
 from rnngrad.activations import Identity, Sigmoid, Softmax
 from rnngrad.losses import (BinaryCrossEntropy, CrossEntropy, MSE, fused_path, resolve_loss)
 from conftest import assert_close
+from rnngrad.engines import NumpyEngine
 
 torch = pytest.importorskip("torch")
 
@@ -74,7 +75,7 @@ def test_fused_equals_general(rng, g, loss, targets):
          "real": lambda: rng.standard_normal((N, O))}[targets]()
     fused = fused_path(g, loss)
     assert fused is not None
-    rows, da, dy_hat = fused(a, y_hat, y, True)
+    rows, da, dy_hat = fused(a, y_hat, y, True, NumpyEngine())
     assert_close(rows, loss.value(y_hat, y), 1e-13, "rows")
     assert_close(dy_hat, loss.grad(y_hat, y), 1e-13, "dy_hat")
     assert_close(da, g.vjp(loss.grad(y_hat, y), a, y_hat), 1e-13, "da")
@@ -102,6 +103,6 @@ def test_fused_dy_hat_stays_exact_where_y_hat_underflows():
     because it is not representable; for a moderate gap it is exact where 1/y_hat would also be fine."""
     a = np.array([[30.0, -30.0]])
     y_hat = Softmax().fn(a)
-    _, _, dy = fused_path(Softmax(), CrossEntropy())(a, y_hat, np.array([1]), True)
+    _, _, dy = fused_path(Softmax(), CrossEntropy())(a, y_hat, np.array([1]), True, NumpyEngine())
     np.testing.assert_allclose(dy[0, 1], -(1 + np.exp(60.0)), rtol=1e-14)
     assert dy[0, 0] == 0

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnngrad
-from conftest import COMBOS, assert_close, make_targets
+from conftest import COMBOS, assert_close, make_targets, all_grads
 
 torch = pytest.importorskip("torch")
 from oracle import reference  # noqa: E402
@@ -32,7 +32,7 @@ def test_gradients_match_autograd(combo, T, B, D, H, O, use_h0, use_mask, reduct
     ref_loss, ref = reference(m.params, x, y, hidden=f, output=g, loss=l, h0=h0, mask=mask, reduction=reduction)
     assert res.loss == pytest.approx(ref_loss, rel=1e-12, abs=1e-300)
     for name, want in ref.items():
-        assert_close(res.grads[name], want, 1e-10, name)
+        assert_close(all_grads(res)[name], want, 1e-10, name)
 
 
 @settings(max_examples=40, deadline=None)
@@ -47,7 +47,8 @@ def test_outputs_have_the_model_dtype_and_shapes(combo, T, B, dtype, x_dtype, se
     res = m.gradients(x, make_targets(rng, g, l, T, B, O))
     shapes = {**{k: v.shape for k, v in m.params.items()},
               "h": (T, B, H), "y_hat": (T, B, O), "x": (T, B, D), "h0": (B, H)}
-    assert {k: v.shape for k, v in res.grads.items()} == shapes
-    assert all(v.dtype == dtype for v in res.grads.values())
+    assert {k: v.shape for k, v in all_grads(res).items()} == shapes
+    assert list(res.grads) == list(m.params)  # exactly the parameters' keys, in their order
+    assert all(v.dtype == dtype for v in all_grads(res).values())
     assert res.h_last.shape == (B, H) and res.h_last.dtype == dtype
     assert np.isfinite(res.loss)

@@ -24,9 +24,13 @@ def test_python_examples_run_as_pasted(tmp_path, monkeypatch):
             exec(compile(code, "README.md", "exec"), ns)
     printed = out.getvalue().splitlines()
     # The comments in the quick start say what these lines print.
-    assert "['W_h', 'W_x', 'W_y', 'b_h', 'b_y', 'h', 'h0', 'x', 'y_hat']" in printed
+    assert "['W_h', 'W_x', 'W_y', 'b_h', 'b_y']" in printed
     assert "(20, 4, 16)" in printed and "(4, 16) (4, 16)" in printed and "float32" in printed
-    assert printed.count("True") == 3
+    assert "(20, 4, 5) (20, 4, 3)" in printed
+    assert "['W_x', 'W_h', 'b_h', 'W_x_reverse', 'W_h_reverse', 'b_h_reverse']" in printed
+    assert "(4, 4, 20, 16) (4, 4, 16)" in printed and "(20, 4, 32)" in printed
+    assert "['bias_hh_l0', 'bias_hh_l0_reverse', 'bias_hh_l1']" in printed
+    assert printed.count("True") == 4
     assert (tmp_path / "runs" / "adding-demo" / "checkpoint.npz").is_file()
     assert ns["report"].passed and isinstance(ns["res"].loss, float)
     assert np.isfinite(ns["res"].loss)

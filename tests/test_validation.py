@@ -1,6 +1,8 @@
 """Bad input gets a clear ValueError/TypeError naming the argument, expected and given."""
 
 import numpy as np
+
+from conftest import all_grads
 import pytest
 
 import rnngrad
@@ -170,7 +172,7 @@ def test_seed_and_ragged_input_and_need_string(model, data):
         rnngrad.RNN(D, H, O, seed=-1)
     with pytest.raises(ValueError, match="x must be a rectangular array of numbers"):
         model.forward([[[1.0, 2.0]], [[3.0]]])
-    assert set(model.gradients(x, y, need="h0").grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
+    assert set(all_grads(model.gradients(x, y, need="dh0"))) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
 
 
 def test_nan_padding_in_masked_targets_is_fine_and_errors_index_y_itself():
@@ -182,7 +184,7 @@ def test_nan_padding_in_masked_targets_is_fine_and_errors_index_y_itself():
     mask[4, 1] = False
     res = m.gradients(x, y, mask=mask)
     assert np.isfinite(res.loss)
-    assert all(np.isfinite(g).all() for g in res.grads.values())  # the NaN row never reaches them
+    assert all(np.isfinite(g).all() for g in all_grads(res).values())  # the NaN row never reaches them
     with pytest.raises(ValueError, match=r"y contains NaN or Inf \(first at index \(4, 1, 0\)\)"):
         m.gradients(x, y)
 
@@ -204,7 +206,7 @@ def test_masked_row_whose_y_hat_underflows_leaves_loss_and_gradients_finite():
     y[4, 1] = 0  # the class whose probability is e^-2000 = 0
     res = m.gradients(x, y, mask=mask)
     assert np.isfinite(res.loss) and res.loss == pytest.approx(9 * np.log(2), rel=1e-12)
-    for key, g in res.grads.items():
+    for key, g in all_grads(res).items():
         assert np.isfinite(g).all(), key
 
 
@@ -238,16 +240,16 @@ def test_huge_but_finite_inputs_raise_no_warning(model):
 
 def test_bad_need_and_workspace_fail_before_any_work(model, data, monkeypatch):
     x, y = data
-    import rnngrad.model as model_module
+    import rnngrad.network as network_module
 
     def no_forward(*args, **kwargs):  # the checks must come first
         raise AssertionError("forward ran before need/workspace were checked")
 
-    monkeypatch.setattr(model_module, "forward", no_forward)
+    monkeypatch.setattr(network_module, "forward", no_forward)
     with pytest.raises(TypeError, match=r"need must be None, a name or an iterable of names.*got int 5"):
         model.gradients(x, y, need=5)
-    with pytest.raises(ValueError, match=r"need may name only \['x', 'h0', 'y_hat'\]; got \['W_x'\]"):
-        model.gradients(x, y, need=("x", "W_x"))
+    with pytest.raises(ValueError, match=r"need may name only \['dx', 'dh0', 'dy_hat'\]; got \['W_x'\]"):
+        model.gradients(x, y, need=("dx", "W_x"))
     with pytest.raises(TypeError, match=r"workspace must be an rnngrad.Workspace or None; got str"):
         model.gradients(x, y, workspace="a")
     with pytest.raises(TypeError, match=r"workspace must be an rnngrad.Workspace or None; got dict"):
@@ -256,6 +258,6 @@ def test_bad_need_and_workspace_fail_before_any_work(model, data, monkeypatch):
 
 def test_need_accepts_a_name_a_set_or_nothing(model, data):
     x, y = data
-    assert set(model.gradients(x, y, need="h0").grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
-    assert "x" in model.gradients(x, y, need={"x"}).grads
-    assert set(model.gradients(x, y, need=[]).grads) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h"}
+    assert set(all_grads(model.gradients(x, y, need="dh0"))) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
+    assert "x" in all_grads(model.gradients(x, y, need={"dx"}))
+    assert set(all_grads(model.gradients(x, y, need=[]))) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h"}

@@ -2,25 +2,25 @@
 
     h_t = f(W_h h_{t-1} + W_x x_t + b_h),   y_hat_t = g(W_y h_t + b_y),   L = sum_t L_t(y_hat_t, y_t)
 
-See README.md for the map from each equation of the seed to the function computing it.
+Stacked (``num_layers``) and bidirectional networks compose the same layer. See README.md for
+the map from each equation of the seed to the function computing it.
 """
 
+from . import engines, network
 from .activations import Activation, Identity, ReLU, Sigmoid, Softmax, Tanh
-from .bptt import Gradients, backward
 from .gradcheck import GradCheckReport, check_gradients
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss
-from .model import RNN, Forward, forward
+from .model import RNN
+from .network import Forward, Gradients
 from .workspace import Workspace
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "RNN",
     "Forward",
     "Gradients",
     "Workspace",
-    "forward",
-    "backward",
     "check_gradients",
     "GradCheckReport",
     "Activation",
@@ -33,5 +33,7 @@ __all__ = [
     "CrossEntropy",
     "BinaryCrossEntropy",
     "MSE",
+    "engines",
+    "network",
     "__version__",
 ]

@@ -62,12 +62,23 @@ class Activation:
     derivative_needs_input : bool
         False if :meth:`derivative` is computed from the output alone; the forward
         pass then does not keep the pre-activations z.
+    kernel : str or None
+        The name of the same formula in a compiled engine (see :mod:`rnngrad.engines`), or
+        None: the engine then runs this object's own ``fn`` and ``derivative``. A subclass
+        that redefines ``fn``, ``derivative`` or ``vjp`` has ``kernel = None`` unless it sets
+        one itself, since the compiled formula would no longer be its maths.
     """
 
     name: str = "activation"
     elementwise: bool = True
     probabilities: bool = False
     derivative_needs_input: bool = True
+    kernel: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kernel" not in cls.__dict__ and any(m in cls.__dict__ for m in ("fn", "derivative", "vjp")):
+            cls.kernel = None
 
     def fn(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Value f(z), same shape as z; written into ``out`` when given."""
@@ -92,6 +103,7 @@ class Tanh(Activation):
     """f(z) = tanh(z); f'(z) = 1 - tanh(z)^2, from the output."""
 
     name = "tanh"
+    kernel = "tanh"
     derivative_needs_input = False
 
     def fn(self, z, out=None):
@@ -105,6 +117,7 @@ class ReLU(Activation):
     """f(z) = max(z, 0); f'(z) = 1 if z > 0 else 0 (0 at z = 0, as PyTorch), from the output."""
 
     name = "relu"
+    kernel = "relu"
     derivative_needs_input = False
 
     def fn(self, z, out=None):
@@ -119,6 +132,7 @@ class Sigmoid(Activation):
     """f(z) = 1 / (1 + e^{-z}); f'(z) = s (1 - s), from the output s."""
 
     name = "sigmoid"
+    kernel = "sigmoid"
     probabilities = True
     derivative_needs_input = False
 
@@ -149,6 +163,7 @@ class Identity(Activation):
     """f(z) = z; f'(z) = 1."""
 
     name = "identity"
+    kernel = "identity"
     derivative_needs_input = False
 
     def fn(self, z, out=None):
@@ -172,6 +187,7 @@ class Softmax(Activation):
     """
 
     name = "softmax"
+    kernel = "softmax"
     elementwise = False
     probabilities = True
     derivative_needs_input = False

@@ -3,9 +3,9 @@
 Each contender computes, for the same weights and data, the loss L (reduction "sum") of a
 tanh RNN with a softmax output and cross-entropy on integer targets, and its gradients:
 
-* **rnngrad** -- ``RNN.gradients(x, y, h0=h0)``, the full ``res.grads`` (parameters,
-  total dL/dh_t, dL/dy_hat, dL/dx, dL/dh_0); with the compiled kernels of
-  :mod:`rnngrad._kernels` when numba is installed, and again as pure NumPy;
+* **rnngrad** -- ``RNN.gradients(x, y, h0=h0)``: every parameter gradient and the state
+  gradients (total dL/dh_t, dL/dy_hat, dL/dx, dL/dh_0); with the numba engine of
+  :mod:`rnngrad.engines` when numba is installed, and again with the NumPy engine;
 * **PyTorch** -- ``nn.RNN`` (same weights, ``bias_hh`` zero) + ``nn.Linear`` +
   ``F.cross_entropy(reduction="sum")`` + ``backward()``, with x and h0 requiring grad so that
   it computes what rnngrad returns (it cannot return the total dL/dh_t or dL/dy_hat, which
@@ -41,8 +41,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import _kernels
 from ._io import atomic_write
+from .engines import numba_available, numba_version
 from .model import RNN
 from .workspace import Workspace
 
@@ -181,13 +181,12 @@ def _rnngrad_contender(problem: dict, kernels: bool, workspace: bool = False) ->
     # by the next (results are read before the next call, as by the agreement check).
     ws = Workspace() if workspace else None
 
+    engine = "numba" if kernels else "numpy"
+
     def run():
-        previous = _kernels.set_enabled(kernels)
-        try:
-            res = model.gradients(x, y, h0=h0, workspace=ws)
-        finally:
-            _kernels.set_enabled(previous)
-        return {"loss": res.loss, "grads": res.grads}
+        res = model.gradients(x, y, h0=h0, workspace=ws, engine=engine)
+        return {"loss": res.loss, "grads": {**res.grads, "x": res.dx, "h0": res.dh0, "h": res.dh,
+                                            "y_hat": res.dy_hat}}
 
     return run
 
@@ -251,7 +250,7 @@ def _contenders(problem: dict, use_torch: bool, threads: int) -> dict:
     """name -> run(); the first is rnngrad as the library runs by default, the second the
     same with a reused :class:`~rnngrad.Workspace`."""
     out = {}
-    kernels = _kernels.available()
+    kernels = numba_available()
     out["rnngrad"] = _rnngrad_contender(problem, kernels=kernels)
     out[WORKSPACE] = _rnngrad_contender(problem, kernels=kernels, workspace=True)
     if kernels:
@@ -410,7 +409,8 @@ def peak_memory(problem: dict) -> dict:
         tracemalloc.stop()
     inputs = _nbytes_unique([x, y, h0, *model.params.values()])
     fwd = res.forward
-    returned = _nbytes_unique([*res.grads.values(), res.h_last, fwd.h, fwd.a, fwd.y_hat, fwd.z])
+    returned = _nbytes_unique([*res.grads.values(), res.dh, res.dy_hat, res.dx, res.dh0, res.h_last, fwd.h,
+                               fwd.a, fwd.y_hat, *(c.z for c in fwd.layers if c.z is not None)])
     peak = inputs + traced_peak
     return {"inputs_params_bytes": inputs, "returned_bytes": returned, "call_alloc_peak_bytes": traced_peak,
             "peak_bytes": peak, "ratio": peak / (inputs + returned)}
@@ -441,8 +441,8 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
     result = {
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": _cores(),
                     "python": platform.python_version(), "numpy": np.__version__,
-                    "torch": torch_version, "numba": _kernels.numba_version(),
-                    "kernels": _kernels.available(), "torch_threads": threads if use_torch else None},
+                    "torch": torch_version, "numba": numba_version(),
+                    "kernels": numba_available(), "torch_threads": threads if use_torch else None},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dtype": "float32",
         "matmul_gflops": peak_rate,

@@ -3,9 +3,14 @@
 Layout of the file (a NumPy ``.npz``, i.e. a zip of ``.npy`` arrays):
 
     meta                0-d unicode array: JSON with "format", "version", "model" (sizes,
-                        activation and loss names, dtype), and whatever the caller adds
-                        (training config, progress, optimizer numbers, vocabulary)
-    param/<name>        W_x, W_h, b_h, W_y, b_y
+                        layers, directions, dropout, activation and loss names, dtype), and
+                        whatever the caller adds (training config, progress, optimizer
+                        numbers, vocabulary)
+    param/<name>        every key of model.params (W_x, W_h, b_h, ..., W_y, b_y)
+
+Versions: 2 adds num_layers, bidirectional, dropout and batch_first to "model"; a version 1
+file (single-layer, written before stacked networks existed) has the same parameter names
+and loads as a one-layer unidirectional model.
     <group>/<name>      any other arrays the caller adds (optimizer slots, carried state)
 
 Why this format: ``np.load(..., allow_pickle=False)`` can read it and cannot run code,
@@ -32,10 +37,12 @@ from .losses import LOSSES
 from .model import RNN
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint",
-           "model_meta", "model_from_checkpoint", "FORMAT", "VERSION"]
+           "model_meta", "model_from_checkpoint", "FORMAT", "VERSION", "READABLE_VERSIONS"]
 
 FORMAT = "rnngrad-checkpoint"
-VERSION = 1
+VERSION = 2
+#: Versions this code reads (1: single-layer checkpoints, before num_layers and bidirectional).
+READABLE_VERSIONS = (1, 2)
 RESERVED_META = ("format", "version", "model")  # written by save_checkpoint; a caller's value would break loading
 _PLAIN_KINDS = frozenset("biufcU")  # bool, ints, floats, complex, unicode strings
 
@@ -59,6 +66,8 @@ def model_meta(model: RNN) -> dict:
         "output_size": model.output_size, "hidden_activation": model.f.name,
         "output_activation": model.g.name, "loss": model.loss_fn.name,
         "dtype": model.dtype.name, "recurrent_init": model.recurrent_init,
+        "num_layers": model.num_layers, "bidirectional": model.bidirectional,
+        "dropout": model.dropout, "batch_first": model.batch_first,
     }
 
 
@@ -126,10 +135,10 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an rnngrad checkpoint (format {meta.get('format')!r})"
                               if isinstance(meta, dict) else f"{str(path)!r} has corrupted metadata")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{str(path)!r} is checkpoint format version {meta.get('version')!r}; this rnngrad reads "
-            f"version {VERSION}")
+            f"versions {', '.join(map(str, READABLE_VERSIONS))} (a newer rnngrad wrote it: upgrade rnngrad)")
     return meta, arrays
 
 
@@ -140,8 +149,13 @@ def model_from_checkpoint(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> RN
         model = RNN(m["input_size"], m["hidden_size"], m["output_size"],
                     hidden_activation=m["hidden_activation"], output_activation=m["output_activation"],
                     loss=m["loss"],
-                    dtype=np.dtype(m["dtype"]), recurrent_init=m.get("recurrent_init", "uniform"))
+                    dtype=np.dtype(m["dtype"]), recurrent_init=m.get("recurrent_init", "uniform"),
+                    num_layers=m.get("num_layers", 1), bidirectional=m.get("bidirectional", False),
+                    dropout=m.get("dropout", 0.0), batch_first=m.get("batch_first", False))
         params = {name: arrays[f"param/{name}"] for name in model.params}
+        extra = sorted(k for k in arrays if k.startswith("param/") and k[len("param/"):] not in model.params)
+        if extra:
+            raise ValueError(f"parameters {extra} do not belong to the model the metadata describes")
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint metadata or parameters are incomplete or invalid: {err}") from None
     model.params = params

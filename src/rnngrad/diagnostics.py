@@ -31,11 +31,14 @@ class FlowResult:
     Attributes
     ----------
     label : str, a name for plots (e.g. "tanh, ρ=1")
-    norms : (T,) ‖dL/dh_t‖₂ over the H units, averaged over the B sequences
-    abs_dh : (T, B, H) |dL/dh_t| per unit, for a heatmap
-    ratio : float, ‖dL/dh_1‖ / ‖dL/dh_T‖ (see :func:`flow_ratio`)
-    spectral_radius : float, ρ(W_h) = max |eigenvalue of W_h|
+    norms : (T,) ‖dL/dh_t‖₂ over the H units of the first layer (forward direction), averaged
+        over the B sequences: the gradient that reaches furthest back, to x_1
+    abs_dh : (T, B, H) |dL/dh_t| per unit of that layer, for a heatmap
+    ratio : float, ‖dL/dh_1‖ / ‖dL/dh_T‖ of ``norms`` (see :func:`flow_ratio`)
+    spectral_radius : float, ρ(W_h) = max |eigenvalue of W_h| of the first layer
     loss : float, the loss whose gradient is shown (summed over the batch)
+    layer_norms : (U, T) the same norms for every layer and direction (U = num_layers ·
+        directions, layer-major), named by ``layer_names`` ("layer 0", "layer 0 reverse", ...)
     """
 
     label: str
@@ -44,6 +47,8 @@ class FlowResult:
     ratio: float
     spectral_radius: float
     loss: float
+    layer_norms: np.ndarray | None = None
+    layer_names: tuple = ()
 
 
 def spectral_radius(W_h) -> float:
@@ -81,7 +86,8 @@ def gradient_flow(model: RNN, x, y, h0=None, mask=None, label: str | None = None
     h0 : (B, H), optional (zeros)
     mask : (T, B) bool, optional
         Which steps carry loss. **Default (None): the last step only**, so that dL/dh_t
-        shows how the gradient of the final loss decays or grows back in time. Pass
+        shows how the gradient of the final loss decays or grows back in time (for a
+        bidirectional model, whose mask marks sequence lengths, every step). Pass
         ``np.ones((T, B), bool)`` to count every step as in training.
     label : str, optional, stored in the result for plots
 
@@ -93,22 +99,28 @@ def gradient_flow(model: RNN, x, y, h0=None, mask=None, label: str | None = None
     """
     if not isinstance(model, RNN):
         raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
-    if mask is None:
+    if mask is None and not model.bidirectional:
         xa = np.asarray(x)
         if xa.ndim < 2:
             raise ValueError(f"x must have shape (T, B, D) or (T, B); got shape {xa.shape}")
         mask = np.zeros(xa.shape[:2], dtype=bool)
         mask[-1] = True
     res = model.gradients(x, y, h0=h0, mask=mask, reduction="sum", need=())
-    dh = res.grads["h"]
-    norms = np.linalg.norm(dh, axis=2).mean(axis=1)
+    dh = res.dh if res.dh.ndim == 4 else res.dh[None]  # (U, T, B, H)
+    if model.batch_first:
+        dh = dh.swapaxes(1, 2)
+    layer_norms = np.linalg.norm(dh, axis=3).mean(axis=2)
+    names = tuple(f"layer {k}" + (" reverse" if d else "")
+                  for k in range(model.num_layers) for d in range(model.directions))
     return FlowResult(
         label=label if label is not None else f"{model.f.name}",
-        norms=norms,
-        abs_dh=np.abs(dh),
-        ratio=flow_ratio(norms),
+        norms=layer_norms[0],
+        abs_dh=np.abs(dh[0]),
+        ratio=flow_ratio(layer_norms[0]),
         spectral_radius=spectral_radius(model.params["W_h"]),
         loss=res.loss,
+        layer_norms=layer_norms,
+        layer_names=names,
     )
 
 

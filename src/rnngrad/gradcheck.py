@@ -7,7 +7,7 @@ float64 whatever the model's dtype: with ε = 1e-6 an exact gradient agrees to a
 stencil (``order=4``) has truncation error O(ε⁴), so ε = 1e-3 balances the two
 terms near 1e-11 relative for smooth activations.
 
-The full check perturbs every entry of W_x, W_h, b_h, W_y, b_y, x and h0 (two loss
+The full check perturbs every entry of every parameter, x and h0 (two loss
 evaluations each): right for small models. For large ones pass ``directions=k`` to
 compare k directional derivatives per array, <∇L, d> against
 (L(θ + εd) − L(θ − εd)) / 2ε for random unit d (the check of HIPS/autograd).
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bptt import output_loss
-from .model import PARAM_NAMES, RNN, forward
+from . import network
+from .engines import get_engine
+from .model import RNN
 from .validation import check_positive_int, check_real, check_seed
 
 __all__ = ["check_gradients", "GradCheckReport", "GradCheckEntry"]
@@ -90,7 +91,7 @@ def _relative(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, float]:
 
 def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum",
                     eps: float = 1e-6, rtol: float = 1e-6, directions: int | None = None,
-                    order: int = 2, seed=0) -> GradCheckReport:
+                    order: int = 2, seed=0, dropout_seed=None, engine=None) -> GradCheckReport:
     """Compare ``model.gradients(...)`` with central finite differences, in float64.
 
     Parameters
@@ -105,11 +106,14 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
         relative for smooth activations; keep order 2 with a small eps for ReLU,
         whose kink a large step may cross)
     seed : seeds the random directions
+    dropout_seed : draws dropout masks once (a model with dropout); every loss evaluation then
+        uses those masks, so the check is of the exact gradient for the mask used
+    engine : as :meth:`RNN.gradients`
 
     Returns
     -------
-    GradCheckReport with an entry for each of W_x, W_h, b_h, W_y, b_y, x (float inputs
-    only) and h0.
+    GradCheckReport with an entry for each parameter (the keys of ``model.params``), "x"
+    (float inputs only, time-major) and "h0" (shaped as ``res.dh0``).
     """
     if not isinstance(model, RNN):
         raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
@@ -120,22 +124,31 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
     eps = check_real("eps", eps)
     rtol = check_real("rtol", rtol, positive=False)
     rng = check_seed(seed)
+    engine = get_engine(engine)
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
-    res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction)
+    res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction, dropout_seed=dropout_seed, engine=engine)
+    masks = res.forward.dropout_masks
     # The validated arrays once, for the hundreds of loss evaluations below (each would
     # otherwise check every array again); x and h0 copied, as they are perturbed in place.
-    params, x, h0, y_rows, weights = m._prepare_loss(x, y, h0, mask, reduction)
+    params, x, h0, y_rows, weights, lengths, _ = m._prepare_loss(x, y, h0, mask, reduction, dropout_masks=masks)
     tokens = x.ndim == 2
     x, h0 = (x if tokens else x.copy()), h0.copy()
+    arch = m.architecture
 
-    arrays = {name: params[name] for name in PARAM_NAMES}
+    arrays = dict(params)
+    analytic = dict(res.grads)
     if not tokens:
         arrays["x"] = x
-    arrays["h0"] = h0
+        analytic["x"] = res.dx.swapaxes(0, 1) if m.batch_first else res.dx
+    # h0 as the caller shaped it: (B, H) for one layer and direction, else (U, B, H) (a view
+    # of the validated array, so perturbing it perturbs what the loss reads).
+    arrays["h0"] = h0[0] if res.dh0.ndim == 2 else h0
+    analytic["h0"] = res.dh0
 
     def loss_at() -> float:
-        return output_loss(forward(params, x, h0, m.f, m.g), y_rows, weights, m.g, m.loss_fn)
+        cache = network.forward(params, x, h0, arch, engine, lengths, masks)
+        return network.loss(params, cache, y_rows, weights, arch, engine)
 
     stencil = _STENCILS[order]
 
@@ -151,7 +164,6 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
 
     entries = {}
     for name, arr in arrays.items():
-        analytic = res.grads[name]
         if directions is None:
             numeric = np.empty_like(arr)
             basis = np.zeros_like(arr)
@@ -159,13 +171,13 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
                 basis[i] = 1.0
                 numeric[i] = derivative(arr, basis)
                 basis[i] = 0.0
-            got, want, checked = analytic, numeric, arr.size
+            got, want, checked = analytic[name], numeric, arr.size
         else:
             got, want = np.empty(directions), np.empty(directions)
             for k in range(directions):
                 d = rng.standard_normal(arr.shape)
                 d /= np.linalg.norm(d)
-                got[k] = np.sum(analytic * d)
+                got[k] = np.sum(analytic[name] * d)
                 want[k] = derivative(arr, d)
             checked = directions
         abs_err, rel_err = _relative(got, want)

@@ -3,7 +3,7 @@
 Every function here works on rows: ``y_hat`` and logits ``a`` are (N, O) with
 N = T·B, targets ``y`` are (N, O) floats or, for categorical cross-entropy, (N,)
 integer class indices. Each returns per-row values (N,), so that masking and the
-"mean" reduction are one weighted sum in :mod:`rnngrad.bptt`.
+"mean" reduction are one weighted sum in :mod:`rnngrad.head`.
 
 The seed writes dL_t/dy_hat_t = y_hat_t - y_t for cross-entropy. That is not the
 gradient with respect to y_hat (which is -y / y_hat); it is the gradient with
@@ -21,7 +21,7 @@ identity, mse              sum_k (a_k - y_k)^2                    2 (y_hat - y)
 :func:`fused_path` returns these as fast, stable paths; they are computed from the
 logits, so a logit of ±1000 gives a finite loss and gradient where log(y_hat)
 would be log(0). Every other pair takes the general chain rule in
-:func:`rnngrad.bptt.output_backward`: dL/da = J_g(a)^T dL/dy_hat. The tests prove
+:func:`rnngrad.head.output_backward`: dL/da = J_g(a)^T dL/dy_hat. The tests prove
 that the fused and general paths agree.
 
 Writing your own loss: subclass :class:`Loss`, implement ``value`` and ``grad``
@@ -35,7 +35,6 @@ from typing import Callable
 
 import numpy as np
 
-from . import _kernels
 from .activations import Activation, Identity, Sigmoid, Softmax
 from .workspace import empty
 
@@ -48,6 +47,7 @@ __all__ = [
     "TARGET_KINDS",
     "resolve_loss",
     "fused_path",
+    "softmax_cross_entropy_index",
 ]
 
 
@@ -172,8 +172,8 @@ def resolve_loss(name: str, output_activation: Activation) -> Loss:
 
 
 # --- fused paths for the canonical pairs -------------------------------------------
-# Each takes logits a (N, O), y_hat = g(a) (N, O), targets and an optional Workspace, and
-# returns (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
+# Each takes logits a (N, O), y_hat = g(a) (N, O), targets, the engine (rnngrad.engines) and an
+# optional Workspace, and returns (per-row loss (N,), dL/da (N, O), dL/dy_hat (N, O) or None when not wanted).
 
 
 def _row_sums(m: np.ndarray) -> np.ndarray:
@@ -196,8 +196,8 @@ def _softmax_cross_entropy_da(y_hat, y, workspace=None):
     return da
 
 
-def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
-    fast = (_softmax_cross_entropy_index if y.ndim == 1 else _softmax_cross_entropy_rows)(
+def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, engine, workspace=None):
+    fast = (engine.softmax_cross_entropy_index if y.ndim == 1 else _softmax_cross_entropy_rows)(
         y_hat, y, want_dy_hat, workspace)
     if fast is not None:
         return fast
@@ -223,7 +223,7 @@ def _softmax_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
     return loss, da, dy_hat
 
 
-def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
+def softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
     """The softmax + cross-entropy rows for class indices from y_hat alone, or None.
 
     With p_n = y_hat[n, y_n] = exp(a_y - lse): L_n = -log p_n, dL/da = y_hat - e_y and
@@ -234,10 +234,9 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
     error of p_n becomes the same absolute error of L_n. If any p_n is below the
     smallest normal (a logit far below the row maximum, where exp underflows), None
     sends the call to the log-sum-exp path, which stays exact there. dL/da and dL/dy_hat
-    are written into the workspace's arrays when one is given.
+    are written into the workspace's arrays when one is given. (The NumPy reference of
+    :meth:`rnngrad.engines.NumpyEngine.softmax_cross_entropy_index`.)
     """
-    if _kernels.enabled():  # the same in one compiled loop (rnngrad[fast])
-        return _kernels.softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace)
     N, O = y_hat.shape
     flat = np.arange(0, N * O, O)  # index of (n, y_n) in the flattened rows
     flat += y
@@ -258,7 +257,7 @@ def _softmax_cross_entropy_index(y_hat, y, want_dy_hat, workspace=None):
 def _softmax_cross_entropy_rows(y_hat, y, want_dy_hat, workspace=None):
     """The softmax + cross-entropy rows for target rows y (N, O) from y_hat alone, or None.
 
-    As :func:`_softmax_cross_entropy_index`: with log y_hat = a - lse, L_n = -sum_k y_k log
+    As :func:`softmax_cross_entropy_index`: with log y_hat = a - lse, L_n = -sum_k y_k log
     y_hat_k, dL/da = y_hat sum_k y_k - y and dL/dy_hat = -y / y_hat, without forming
     log-sum-exp again; None (the log-sum-exp path) if some y_hat is below the smallest normal
     number, where its log would lose digits or be -inf.
@@ -277,7 +276,7 @@ def _softmax_cross_entropy_rows(y_hat, y, want_dy_hat, workspace=None):
     return loss, da, dy_hat
 
 
-def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, workspace=None):
+def _sigmoid_binary_cross_entropy(a, y_hat, y, want_dy_hat, engine, workspace=None):
     # -[y log s(a) + (1-y) log s(-a)] with log s(±a) = min(±a, 0) - log1p(e^{-|a|}) (see
     # log_sigmoid): both share log1p(e^{-|a|}), and the rest is (1-y) a for a >= 0 and y (-a)
     # for a < 0. One exp and one log1p per unit, and a sum of non-negative terms: no
@@ -317,7 +316,7 @@ def _bce_dy_hat(a, y, dtype):
         return neg - pos
 
 
-def _identity_mse(a, y_hat, y, want_dy_hat, workspace=None):
+def _identity_mse(a, y_hat, y, want_dy_hat, engine, workspace=None):
     d = y_hat - y
     loss = np.einsum("nk,nk->n", d, d)
     da = 2 * d

@@ -1,29 +1,29 @@
-"""The forward pass of seed §2 as a pure function, and the :class:`RNN` object around it.
+"""The :class:`RNN` object: configuration, parameters and initialisation; it validates at the
+boundary and calls the pure functions of :mod:`rnngrad.network`.
 
-Time-major shapes: T time steps, B sequences, D inputs, H hidden units, O outputs.
+Time-major shapes: T time steps, B sequences, D inputs, H hidden units, O outputs;
+U = num_layers · directions recurrent units (a layer in one direction), C = H · directions
+the width of a layer's output. With ``batch_first=True`` every (T, B, ...) array at the
+boundary is (B, T, ...) instead.
 
-    z_t     = W_h h_{t-1} + W_x x_t + b_h     (T, B, H)   seed §2B
+    z_t     = W_h h_{t-1} + W_x x_t + b_h     (T, B, H)   seed §2B, per layer and direction
     h_t     = f(z_t)                          (T, B, H)   seed §2B
-    a_t     = W_y h_t + b_y                   (T, B, O)   seed §2A
+    a_t     = W_y h_t + b_y                   (T, B, O)   seed §2A (h_t of the top layer)
     y_hat_t = g(a_t)                          (T, B, O)   seed §2A
     L       = sum_t sum_b m_tb L_t(y_hat_tb, y_tb)        seed §2C (m: mask, or 1/count for "mean")
-
-The input projection W_x x_t + b_h for all T·B rows is one matrix product (or, for
-token indices, one row lookup) before the time loop; the output layer a = W_y h + b_y
-is one product after it. Only the recurrence h_{t-1} -> z_t is inside the loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
-
 import numpy as np
 
-from . import _kernels
+from . import network
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
-from .bptt import OPTIONAL_GRADS, Gradients, backward, loss_weights, output_loss
+from .engines import get_engine
+from .head import loss_weights
+from .interop import params_from_torch, params_to_torch
 from .losses import LOSSES, TARGET_KINDS, Loss, resolve_loss
+from .network import OPTIONAL_GRADS, Architecture, Forward, Gradients, layer_param_names
 from .validation import (
     check_choice,
     check_dtype,
@@ -33,133 +33,17 @@ from .validation import (
     check_need,
     check_params,
     check_positive_int,
+    check_real,
     check_seed,
     check_targets,
+    lengths_from_mask,
 )
-from .workspace import Workspace, buffer, empty
+from .workspace import Workspace
 
-__all__ = ["RNN", "Forward", "forward", "input_projection", "PARAM_NAMES"]
+__all__ = ["RNN", "REDUCTIONS", "RECURRENT_INITS"]
 
-PARAM_NAMES = ("W_x", "W_h", "b_h", "W_y", "b_y")
 REDUCTIONS = ("sum", "mean")
 RECURRENT_INITS = ("uniform", "identity", "orthogonal")
-
-
-@dataclass
-class Forward:
-    """What the forward pass computed; :func:`rnngrad.bptt.backward` takes it as its cache.
-
-    Attributes
-    ----------
-    x : (T, B, D) floats or (T, B) token indices
-    h0 : (B, H) initial hidden state
-    h : (T, B, H) hidden states h_1..h_T
-    a : (T, B, O) output pre-activations (logits)
-    y_hat : (T, B, O) outputs g(a)
-    z : (T, B, H) hidden pre-activations, or None when f' is computed from h alone
-    h_prev : (T, B, H) h_0..h_{T-1}, the state each step starts from, or None. The forward
-        pass keeps h_0 in the slot before h_1 of one (T+1, B, H) array, so this is a view
-        of it (no copy), and dW_h = sum_t dz_t^T h_{t-1} is one product over all T·B rows.
-    """
-
-    x: np.ndarray
-    h0: np.ndarray
-    h: np.ndarray
-    a: np.ndarray
-    y_hat: np.ndarray
-    z: np.ndarray | None = None
-    h_prev: np.ndarray | None = None
-
-    @property
-    def h_last(self) -> np.ndarray:
-        """(B, H) the final hidden state h_T, to carry into the next chunk."""
-        return self.h[-1]
-
-
-def input_projection(x: np.ndarray, W_x: np.ndarray, b_h: np.ndarray | None,
-                     out: np.ndarray | None = None) -> np.ndarray:
-    """W_x x_t + b_h for every t at once: (T, B, H), a new array or ``out``; W_x x_t alone
-    if ``b_h`` is None.
-
-    x (T, B, D) floats: one (T·B, D) @ (D, H) product. x (T, B) token indices: the
-    one-hot product W_x e_k is column k of W_x, so this is a row lookup in W_x^T.
-    ``out``, if given, is a C-contiguous (T, B, H) array of the parameters' dtype.
-    """
-    if out is None:
-        out = np.empty(x.shape[:2] + (W_x.shape[0],), dtype=W_x.dtype)
-    if x.ndim == 2:
-        np.take(np.ascontiguousarray(W_x.T), x, axis=0, out=out)
-    else:
-        T, B, D = x.shape
-        np.dot(x.reshape(T * B, D), W_x.T, out=out.reshape(T * B, -1))
-    if b_h is not None:
-        out += b_h
-    return out
-
-
-def forward(params: Mapping[str, np.ndarray], x: np.ndarray, h0: np.ndarray,
-            f: Activation, g: Activation, workspace: Workspace | None = None) -> Forward:
-    """Run seed §2 over a whole batch of sequences.
-
-    Parameters
-    ----------
-    params : dict with W_x (H, D), W_h (H, H), b_h (H,), W_y (O, H), b_y (O,)
-    x : (T, B, D) floats, or (T, B) integer token indices in [0, D)
-    h0 : (B, H)
-    f, g : hidden and output activations (f element-wise)
-    workspace : optional; h, z, a and y_hat are written into its arrays (see
-        :mod:`rnngrad.workspace`)
-
-    Inputs are trusted (see :mod:`rnngrad.validation`); arrays share one float dtype.
-    """
-    W_h, W_y, b_y = params["W_h"], params["W_y"], params["b_y"]
-    T, B = x.shape[:2]
-    H = W_h.shape[0]
-    # h_0..h_T in one array, h_0 first: h_prev = states[:-1] needs no copy (see Forward).
-    dtype = W_h.dtype
-    states = empty(workspace, "h", (T + 1, B, H), dtype)
-    states[0] = h0
-    h = states[1:]
-    keep_z = f.derivative_needs_input
-    # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
-    kind = None if keep_z else _kernels.recurrence_kind(f, h)
-    # The compiled loop adds b_h in its step (one pass over z fewer); the NumPy loop needs it here.
-    z = input_projection(x, params["W_x"], params["b_h"] if kind is None else None,
-                         out=buffer(workspace, "z", (T, B, H), dtype) if keep_z else h)
-    if kind is not None:  # the same loop compiled (rnngrad[fast]; see _kernels.py)
-        _kernels.forward_recurrence(z, h0, W_h, params["b_h"], kind)
-    else:
-        # A contiguous W_h^T makes each step a plain row-major GEMM (h_{t-1} W_h^T = (W_h h_{t-1})^T).
-        if workspace is None:
-            W_hT = np.ascontiguousarray(W_h.T)
-        else:
-            W_hT = workspace.array("W_hT", (H, H), dtype)
-            np.copyto(W_hT, W_h.T)
-        rec = np.empty((B, H), dtype=z.dtype)
-        h_prev = h0
-        for t in range(T):
-            z_t = z[t]
-            np.dot(h_prev, W_hT, out=rec)
-            z_t += rec
-            h_t = h[t]
-            r = f.fn(z_t, out=h_t)
-            if r is not h_t:  # a user's activation may return a new array instead
-                h_t[...] = r
-            h_prev = h_t
-    O = W_y.shape[0]
-    a = np.dot(h.reshape(T * B, H), W_y.T, out=buffer(workspace, "a", (T * B, O), dtype))
-    y_hat = buffer(workspace, "y_hat", (T * B, O), dtype)
-    if _kernels.softmax_applies(g, a):  # the same softmax compiled (rnngrad[fast])
-        y_hat = _kernels.softmax_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
-        a = a.reshape(T, B, -1)
-    elif _kernels.sigmoid_applies(g, a):  # the same sigmoid compiled (rnngrad[fast])
-        y_hat = _kernels.sigmoid_with_bias(a, b_y, out=y_hat).reshape(T, B, -1)
-        a = a.reshape(T, B, -1)
-    else:
-        a += b_y
-        a = a.reshape(T, B, -1)
-        y_hat = g.fn(a) if y_hat is None else g.fn(a, out=y_hat.reshape(T, B, O))
-    return Forward(x=x, h0=h0, h=h, a=a, y_hat=y_hat, z=z if keep_z else None, h_prev=states[:-1])
 
 
 def _resolve_activation(name: str, value, table: dict) -> Activation:
@@ -173,18 +57,48 @@ def _resolve_activation(name: str, value, table: dict) -> Activation:
     )
 
 
+def _resolve_loss(loss, g: Activation) -> Loss:
+    if isinstance(loss, Loss):
+        loss_fn = loss
+    elif isinstance(loss, str):
+        loss_fn = resolve_loss(check_choice("loss", loss, LOSSES), g)
+    else:
+        raise TypeError(f"loss must be a name in {sorted(LOSSES)} or an rnngrad.Loss; got {type(loss).__name__}")
+    if loss_fn.needs_probabilities and not g.probabilities:
+        raise ValueError(
+            f"loss {loss_fn.name!r} needs probabilities, but output_activation "
+            f"{g.name!r} does not produce them; use output_activation='softmax' "
+            f"(or 'sigmoid' for independent binary outputs), or loss='mse'"
+        )
+    if loss_fn.needs_elementwise_output and not g.elementwise:
+        raise ValueError(
+            f"loss {loss_fn.name!r} treats each output as an independent quantity and "
+            f"needs an element-wise output activation such as 'sigmoid'; {g.name!r} is not")
+    if loss_fn.target not in TARGET_KINDS:
+        raise ValueError(f"loss {loss_fn.name!r} has target {loss_fn.target!r}; "
+                         f"expected one of {list(TARGET_KINDS)}")
+    return loss_fn
+
+
+def _check_dropout(dropout) -> float:
+    p = check_real("dropout", dropout, positive=False)
+    if p >= 1:
+        raise ValueError(f"dropout must be a probability in [0, 1); got {p}")
+    return p
+
+
 class RNN:
     """A general recurrent network with exact backprop-through-time gradients.
 
     ``h_t = f(W_h h_{t-1} + W_x x_t + b_h)``, ``y_hat_t = g(W_y h_t + b_y)``,
-    ``L = sum_t L_t(y_hat_t, y_t)``.
+    ``L = sum_t L_t(y_hat_t, y_t)``; optionally stacked and bidirectional.
 
     Parameters
     ----------
     input_size : int
         D, features per step (or vocabulary size for token-index inputs).
     hidden_size : int
-        H, hidden units.
+        H, hidden units of each layer and direction.
     output_size : int
         O, outputs per step.
     hidden_activation : str or Activation, default "tanh"
@@ -202,23 +116,43 @@ class RNN:
     recurrent_init : {"uniform", "identity", "orthogonal"}, default "uniform"
         W_h initialisation. Every parameter is first drawn from
         U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's nn.RNN convention); "identity" then sets
-        W_h = I (Le, Jaitly & Hinton 2015, for ReLU networks), "orthogonal" a random
+        each W_h = I (Le, Jaitly & Hinton 2015, for ReLU networks), "orthogonal" a random
         orthogonal matrix.
+    num_layers : int, default 1
+        Stacked layers; layer k > 0 reads the states of layer k - 1.
+    bidirectional : bool, default False
+        A reverse-direction layer beside each layer; their states are concatenated
+        [forward; reverse], so the next layer and the head read 2H units.
+    dropout : float in [0, 1), default 0
+        Dropout on the output of every layer but the last (as PyTorch's nn.RNN), applied
+        only in calls given a ``dropout_seed`` (training) or ``dropout_masks``.
+    batch_first : bool, default False
+        x, y, mask and the returned sequences are (B, T, ...) instead of (T, B, ...).
 
     Attributes
     ----------
-    params : dict
-        "W_x" (H, D), "W_h" (H, H), "b_h" (H,), "W_y" (O, H), "b_y" (O,). Writing
-        into these arrays, or assigning same-shaped arrays, changes the model.
+    params : dict of arrays
+        For each layer k and direction, "W_x" (H, D_k), "W_h" (H, H), "b_h" (H,) under the
+        names of :func:`rnngrad.network.layer_param_names` (the first layer's forward
+        direction keeps the seed's names W_x, W_h, b_h; then W_x_l1, ..., W_x_reverse, ...),
+        D_0 = D and D_k = H · directions; then "W_y" (O, H · directions) and "b_y" (O,).
+        Writing into these arrays, or assigning same-shaped arrays, changes the model.
     f, g, loss_fn : the hidden activation, output activation and loss objects.
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int,
                  hidden_activation="tanh", output_activation="softmax", loss="cross_entropy",
-                 dtype=np.float64, seed=None, recurrent_init: str = "uniform"):
+                 dtype=np.float64, seed=None, recurrent_init: str = "uniform", num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, batch_first: bool = False):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.output_size = check_positive_int("output_size", output_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        for name, value in (("bidirectional", bidirectional), ("batch_first", batch_first)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}")
+        self.bidirectional, self.batch_first = bool(bidirectional), bool(batch_first)
+        self.dropout = _check_dropout(dropout)
         self.dtype = check_dtype(dtype)
         self.f = _resolve_activation("hidden_activation", hidden_activation, HIDDEN_ACTIVATIONS)
         if not self.f.elementwise:
@@ -227,86 +161,157 @@ class RNN:
                 f"{self.f.name!r} is not"
             )
         self.g = _resolve_activation("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        if isinstance(loss, Loss):
-            self.loss_fn = loss
-        elif isinstance(loss, str):
-            self.loss_fn = resolve_loss(check_choice("loss", loss, LOSSES), self.g)
-        else:
-            raise TypeError(f"loss must be a name in {sorted(LOSSES)} or an rnngrad.Loss; got {type(loss).__name__}")
-        if self.loss_fn.needs_probabilities and not self.g.probabilities:
-            raise ValueError(
-                f"loss {self.loss_fn.name!r} needs probabilities, but output_activation "
-                f"{self.g.name!r} does not produce them; use output_activation='softmax' "
-                f"(or 'sigmoid' for independent binary outputs), or loss='mse'"
-            )
-        if self.loss_fn.needs_elementwise_output and not self.g.elementwise:
-            raise ValueError(
-                f"loss {self.loss_fn.name!r} treats each output as an independent quantity and "
-                f"needs an element-wise output activation such as 'sigmoid'; {self.g.name!r} is not")
-        if self.loss_fn.target not in TARGET_KINDS:
-            raise ValueError(f"loss {self.loss_fn.name!r} has target {self.loss_fn.target!r}; "
-                             f"expected one of {list(TARGET_KINDS)}")
+        self.loss_fn = _resolve_loss(loss, self.g)
         check_choice("recurrent_init", recurrent_init, RECURRENT_INITS)
         self.recurrent_init = recurrent_init
+        self._shapes = self._parameter_shapes()  # the sizes are fixed: checked on every call
         self.params = self._init_params(check_seed(seed))
+
+    # --- structure -----------------------------------------------------------------------
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def architecture(self) -> Architecture:
+        """What the pure functions of :mod:`rnngrad.network` need besides the parameters."""
+        return Architecture(self.num_layers, self.bidirectional, self.f, self.g, self.loss_fn)
+
+    @property
+    def shapes(self) -> dict:
+        """The shape of each parameter, keyed and ordered as in :attr:`params`."""
+        return dict(self._shapes)
+
+    def _parameter_shapes(self) -> dict:
+        D, H, O, dirs = self.input_size, self.hidden_size, self.output_size, self.directions
+        shapes = {}
+        for k in range(self.num_layers):
+            for d in range(dirs):
+                W_x, W_h, b_h = layer_param_names(k, d)
+                shapes.update({W_x: (H, D if k == 0 else H * dirs), W_h: (H, H), b_h: (H,)})
+        shapes.update({"W_y": (O, H * dirs), "b_y": (O,)})
+        return shapes
 
     def _init_params(self, rng: np.random.Generator) -> dict:
         H = self.hidden_size
         k = 1.0 / np.sqrt(H)
-        params = {
-            name: rng.uniform(-k, k, size=shape).astype(self.dtype)
-            for name, shape in self.shapes.items()
-        }
-        if self.recurrent_init == "identity":
-            params["W_h"] = np.eye(H, dtype=self.dtype)
-        elif self.recurrent_init == "orthogonal":
-            q, r = np.linalg.qr(rng.standard_normal((H, H)))
-            params["W_h"] = (q * np.sign(np.diag(r))).astype(self.dtype)
+        params = {name: rng.uniform(-k, k, size=shape).astype(self.dtype) for name, shape in self.shapes.items()}
+        for name in params:
+            if not name.startswith("W_h"):
+                continue
+            if self.recurrent_init == "identity":
+                params[name] = np.eye(H, dtype=self.dtype)
+            elif self.recurrent_init == "orthogonal":
+                q, r = np.linalg.qr(rng.standard_normal((H, H)))
+                params[name] = (q * np.sign(np.diag(r))).astype(self.dtype)
         return params
-
-    @property
-    def shapes(self) -> dict:
-        """The shape of each parameter, keyed as in :attr:`params`."""
-        D, H, O = self.input_size, self.hidden_size, self.output_size
-        return {"W_x": (H, D), "W_h": (H, H), "b_h": (H,), "W_y": (O, H), "b_y": (O,)}
 
     def checked_params(self) -> dict:
         """:attr:`params` validated (present, shaped, finite) and in the model's dtype."""
-        return check_params(self.params, self.shapes, self.dtype)
+        return check_params(self.params, self._shapes, self.dtype)
 
-    def _prepare(self, x, h0):
+    # --- the boundary --------------------------------------------------------------------
+    def _time_major(self, name: str, arr):
+        """A batch-first argument as a time-major view (the boundary's only transpose)."""
+        if arr is None:
+            return arr
+        arr = np.asarray(arr)
+        if arr.ndim < 2:
+            raise ValueError(f"{name} must have at least two dimensions (B, T, ...) with batch_first=True; "
+                             f"got shape {arr.shape}")
+        return arr.swapaxes(0, 1)
+
+    def _prepare(self, x, h0, mask=None, dropout_seed=None, dropout_masks=None):
+        """Validated (params, x, h0 (U, B, H), mask, lengths, dropout masks)."""
         params = self.checked_params()
+        if self.batch_first:
+            x, mask = self._time_major("x", x), self._time_major("mask", mask)
         x = check_inputs(x, self.input_size, self.dtype)
-        h0 = check_h0(h0, x.shape[1], self.hidden_size, self.dtype)
-        return params, x, h0
+        T, B = x.shape[:2]
+        h0 = check_h0(h0, B, self.hidden_size, self.dtype, units=self.num_layers * self.directions)
+        mask = check_mask(mask, T, B)
+        lengths = lengths_from_mask(mask) if (self.bidirectional and mask is not None) else None
+        masks = self._dropout_masks(T, B, dropout_seed, dropout_masks)
+        return params, x, h0, mask, lengths, masks
 
-    def _prepare_loss(self, x, y, h0, mask, reduction, workspace=None):
+    def _dropout_masks(self, T: int, B: int, dropout_seed, dropout_masks):
+        """The masks of the levels below the top: given, drawn from ``dropout_seed``, or None."""
+        levels, C = self.num_layers - 1, self.hidden_size * self.directions
+        if dropout_masks is not None:
+            if dropout_seed is not None:
+                raise ValueError("give dropout_seed or dropout_masks, not both")
+            if isinstance(dropout_masks, np.ndarray) or len(dropout_masks) != levels:
+                raise ValueError(f"dropout_masks must be a list of num_layers - 1 = {levels} arrays of shape "
+                                 f"(T, B, C) = ({T}, {B}, {C}), such as res.forward.dropout_masks")
+            out = []
+            for k, m in enumerate(dropout_masks):
+                arr = np.asarray(m, dtype=self.dtype)
+                if arr.shape != (T, B, C):
+                    raise ValueError(f"dropout_masks[{k}] must have shape (T, B, C) = ({T}, {B}, {C}); "
+                                     f"got {arr.shape}")
+                if not np.isfinite(arr).all():
+                    raise ValueError(f"dropout_masks[{k}] contains NaN or Inf")
+                out.append(arr)
+            return out or None
+        if dropout_seed is None or self.dropout == 0 or levels == 0:
+            if dropout_seed is not None:
+                check_seed(dropout_seed)
+            return None
+        rng = check_seed(dropout_seed)
+        keep = 1.0 - self.dropout
+        return [(rng.random((T, B, C)) < keep).astype(self.dtype) / self.dtype.type(keep) for _ in range(levels)]
+
+    def _prepare_loss(self, x, y, h0, mask, reduction, workspace=None, dropout_seed=None, dropout_masks=None):
         if workspace is not None and not isinstance(workspace, Workspace):
             raise TypeError(f"workspace must be an rnngrad.Workspace or None; got {type(workspace).__name__}")
-        params, x, h0 = self._prepare(x, h0)
-        T, B = x.shape[:2]
         check_choice("reduction", reduction, REDUCTIONS)
-        mask = check_mask(mask, T, B)
+        params, x, h0, mask, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks)
+        T, B = x.shape[:2]
+        if self.batch_first:
+            y = self._time_major("y", y)
         y = check_targets(y, self.loss_fn, T, B, self.output_size, self.dtype, mask)
-        return params, x, h0, y, loss_weights(mask, reduction, T, B, self.dtype)
+        return params, x, h0, y, loss_weights(mask, reduction, T, B, self.dtype), lengths, masks
 
-    def forward(self, x, h0=None) -> Forward:
+    def _public(self, fwd: Forward, single: bool) -> Forward:
+        """The cache as the caller sees it: h_last shaped as h0 (``single``: (B, H)), sequences
+        batch-first if asked."""
+        # In place: the cache is this call's own, and its backward pass (if any) is done.
+        if single:
+            fwd.h0, fwd.h_last = fwd.h0[0], fwd.h_last[0]
+        if self.batch_first:
+            fwd.x, fwd.h, fwd.a, fwd.y_hat = (v.swapaxes(0, 1) for v in (fwd.x, fwd.h, fwd.a, fwd.y_hat))
+        return fwd
+
+    def _single_state(self, h0_given) -> bool:
+        """True when states are (B, H): one unit, and h0 not given as (1, B, H)."""
+        return (self.num_layers == 1 and not self.bidirectional
+                and (h0_given is None or getattr(h0_given, "ndim", None) == 2 or np.ndim(h0_given) == 2))
+
+    # --- the calls -----------------------------------------------------------------------
+    def forward(self, x, h0=None, mask=None, dropout_seed=None, dropout_masks=None, engine=None) -> Forward:
         """Hidden states and outputs for x.
 
         Parameters
         ----------
         x : (T, B, D) array of floats, or (T, B) integer token indices in [0, D)
-        h0 : (B, H) array, optional (zeros)
+        h0 : (U, B, H), or (B, H) for one layer and one direction; optional (zeros)
+        mask : (T, B), optional; for a bidirectional network its valid-steps prefix gives each
+            sequence's length (see :meth:`gradients`)
+        dropout_seed, dropout_masks, engine : see :meth:`gradients`
 
         Returns
         -------
-        Forward with ``h`` (T, B, H), ``y_hat`` (T, B, O), ``a`` (T, B, O), ``h_last`` (B, H).
+        :class:`rnngrad.network.Forward` with ``h`` (T, B, C) the top layer's states,
+        ``y_hat`` (T, B, O), ``a`` (T, B, O), ``h_last`` shaped as h0.
         """
-        params, x, h0 = self._prepare(x, h0)
-        return forward(params, x, h0, self.f, self.g)
+        engine = get_engine(engine)
+        params, xs, h0s, _, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks)
+        fwd = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks)
+        return self._public(fwd, self._single_state(h0))
 
     def gradients(self, x, y, h0=None, mask=None, reduction: str = "sum", need=None,
-                  workspace: Workspace | None = None) -> Gradients:
+                  workspace: Workspace | None = None, dropout_seed=None, dropout_masks=None,
+                  engine=None) -> Gradients:
         """Loss and every gradient of seed §1 by backpropagation through time.
 
         Parameters
@@ -314,39 +319,87 @@ class RNN:
         x : (T, B, D) floats, or (T, B) integer token indices
         y : targets: (T, B, O) floats, or (T, B) integer class indices for
             cross_entropy with a softmax output
-        h0 : (B, H), optional (zeros)
-        mask : (T, B) of 0/1 or bool, optional; a masked (t, b) adds no loss
+        h0 : (U, B, H) with U = num_layers · directions (PyTorch's layout), or (B, H) for
+            one layer and one direction; optional (zeros)
+        mask : (T, B) of 0/1 or bool, optional; a masked (t, b) adds no loss. For a
+            bidirectional network it must mark each sequence's valid steps followed by
+            padding, and padding then enters no state (the reverse direction starts at each
+            sequence's last valid step, as PyTorch's packed sequences). For a unidirectional
+            network any pattern weights the loss, and the states run over all T steps.
         reduction : "sum" (the seed's L) or "mean" (L divided by the number of unmasked (t, b))
-        need : collection of gradient names, optional
-            Compute only these of "x", "h0", "y_hat" (the parameters and "h" are
-            always computed); default all.
+        need : collection of names from "dx", "dh0", "dy_hat", optional
+            Compute only these state gradients (the parameters' and ``dh`` always); default all.
         workspace : :class:`rnngrad.Workspace`, optional
             Keep the large arrays of the call in it and reuse them on the next call that
-            passes it (no fresh memory to fault in each call). The returned arrays, except
-            ``h_last``, are then the workspace's and are overwritten by that next call;
-            see :mod:`rnngrad.workspace`.
+            passes it. The returned arrays, except ``h_last``, are then the workspace's and
+            are overwritten by that next call; see :mod:`rnngrad.workspace`.
+        dropout_seed : int or numpy.random.Generator, optional
+            Draw dropout masks from it (training); without it, and without ``dropout_masks``,
+            no dropout (evaluation). The masks used are ``res.forward.dropout_masks``.
+        dropout_masks : list of num_layers - 1 arrays (T, B, C), optional
+            Use these masks (e.g. to replay a training step exactly).
+        engine : None (the default engine), "numpy", "numba" or an engine object; see
+            :mod:`rnngrad.engines`
 
         Returns
         -------
-        :class:`Gradients` with ``loss`` (float), ``grads`` (dict:
-        "W_x", "W_h", "b_h", "W_y", "b_y" shaped as params; "h" (T, B, H) total dL/dh_t;
-        "y_hat" (T, B, O); "x" (T, B, D) for float inputs; "h0" (B, H)), ``h_last`` (B, H)
-        and ``forward`` (the :class:`Forward` cache).
+        :class:`Gradients` with ``loss`` (float), ``grads`` (the keys of ``params``), ``dh``
+        ((T, B, H), or (U, T, B, H)), ``dy_hat`` (T, B, O), ``dx`` (T, B, D; float inputs),
+        ``dh0`` and ``h_last`` (shaped as h0) and ``forward`` (the cache).
         """
+        engine = get_engine(engine)
         need = check_need(need, OPTIONAL_GRADS)  # before the forward pass: fail fast
-        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction, workspace)
-        cache = forward(params, x, h0, self.f, self.g, workspace)
-        return backward(params, cache, y, weights, self.f, self.g, self.loss_fn, need=need,
-                        workspace=workspace)
+        params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
+                                                                   dropout_seed, dropout_masks)
+        arch = self.architecture
+        cache = network.forward(params, xs, h0s, arch, engine, lengths, masks, workspace)
+        res = network.backward(params, cache, ys, w, arch, engine, need=need, workspace=workspace)
+        # The result is this call's own: shaped for the caller in place. dh is (T, B, H) for one
+        # unit (whatever h0's shape), else (U, T, B, H); dh0 and h_last are shaped as h0.
+        single = self._single_state(h0)
+        if arch.units == 1:
+            res.dh = res.dh[0]
+        if single:
+            res.h_last = res.h_last[0]
+            if res.dh0 is not None:
+                res.dh0 = res.dh0[0]
+        if self.batch_first:  # views: time and batch swapped back at the boundary
+            res.dh = res.dh.swapaxes(-3, -2)
+            res.dy_hat, res.dx = (None if a is None else a.swapaxes(0, 1) for a in (res.dy_hat, res.dx))
+        self._public(cache, single)
+        return res
 
-    def loss(self, x, y, h0=None, mask=None, reduction: str = "sum",
-             workspace: Workspace | None = None) -> float:
+    def loss(self, x, y, h0=None, mask=None, reduction: str = "sum", workspace: Workspace | None = None,
+             dropout_seed=None, dropout_masks=None, engine=None) -> float:
         """The loss L alone (no backward pass); arguments as :meth:`gradients` (a workspace
         passed here overwrites the results of an earlier call with it, too)."""
-        params, x, h0, y, weights = self._prepare_loss(x, y, h0, mask, reduction, workspace)
-        cache = forward(params, x, h0, self.f, self.g, workspace)
-        return output_loss(cache, y, weights, self.g, self.loss_fn, workspace)
+        engine = get_engine(engine)
+        params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
+                                                                   dropout_seed, dropout_masks)
+        cache = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks, workspace)
+        return network.loss(params, cache, ys, w, self.architecture, engine, workspace)
 
+    # --- PyTorch -------------------------------------------------------------------------
+    def load_torch_state_dict(self, rnn_state, linear_state) -> "RNN":
+        """Take the weights of a ``torch.nn.RNN`` and its ``torch.nn.Linear`` head.
+
+        ``rnn_state``, ``linear_state``: their ``state_dict()`` (torch tensors or NumPy arrays),
+        for an nn.RNN with this model's input_size, hidden_size, num_layers and bidirectional,
+        and an nn.Linear(H · directions, O). b_h = bias_ih + bias_hh. The nonlinearity is not in
+        a state dict: build this model with the same hidden_activation. Returns self.
+        """
+        self.params = params_from_torch(rnn_state, linear_state, self.shapes, self.num_layers,
+                                        self.directions, self.dtype)
+        return self
+
+    def torch_state_dict(self) -> tuple[dict, dict]:
+        """(nn.RNN state dict, nn.Linear state dict) of NumPy arrays under PyTorch's keys:
+        ``weight_ih_l{k}[_reverse]`` = W_x, ``weight_hh_l{k}`` = W_h, ``bias_ih_l{k}`` = b_h,
+        ``bias_hh_l{k}`` = 0; ``weight`` = W_y, ``bias`` = b_y. Load them with
+        ``rnn.load_state_dict({k: torch.from_numpy(v) for k, v in rnn_state.items()})``."""
+        return params_to_torch(self.checked_params(), self.num_layers, self.directions)
+
+    # --- copies --------------------------------------------------------------------------
     def astype(self, dtype) -> "RNN":
         """A copy of this model with parameters (and computation) in ``dtype``."""
         new = object.__new__(RNN)
@@ -360,9 +413,13 @@ class RNN:
         return self.astype(self.dtype)
 
     def __repr__(self) -> str:
+        extra = "".join(f", {name}={value!r}" for name, value, default in (
+            ("num_layers", self.num_layers, 1), ("bidirectional", self.bidirectional, False),
+            ("dropout", self.dropout, 0.0), ("batch_first", self.batch_first, False)) if value != default)
         return (
             f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}, hidden_activation={self.f.name!r}, "
             f"output_activation={self.g.name!r}, loss={self.loss_fn.name!r}, "
-            f"dtype={self.dtype.name})"
+            f"dtype={self.dtype.name}{extra})"
         )
+

@@ -1,9 +1,10 @@
 """Optimizers and gradient clipping over the ``params`` / ``grads`` dicts of :class:`rnngrad.RNN`.
 
 Every optimizer updates the parameter arrays *in place* (the model's own arrays), so
-``model.params`` changes after ``opt.step(grads)`` without any reassignment. Only the
-parameter keys ``W_x, W_h, b_h, W_y, b_y`` are touched; other entries of ``grads``
-(``"h"``, ``"y_hat"``, ``"x"``, ``"h0"``) are ignored.
+``model.params`` changes after ``opt.step(grads)`` without any reassignment. Whatever keys
+``params`` has are updated (``W_x, W_h, b_h, W_y, b_y`` for one layer; every layer's and
+direction's for deeper networks), and ``grads`` must have exactly those keys, as
+``model.gradients(...).grads`` does.
 
 The update rules are those of ``torch.optim`` (PyTorch 2.x, default options not exposed
 here held at their defaults: dampening 0, no lr decay, not centred, not amsgrad), so that
@@ -27,8 +28,6 @@ import numbers
 from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
-
-from .model import PARAM_NAMES
 
 __all__ = [
     "Optimizer",
@@ -60,10 +59,9 @@ def _check_number(name: str, value, low: float = 0.0, high: float | None = None,
 def _check_param_dict(params) -> MutableMapping[str, np.ndarray]:
     if not isinstance(params, MutableMapping):
         raise TypeError(f"params must be a dict of arrays (e.g. model.params); got {type(params).__name__}")
-    missing = [k for k in PARAM_NAMES if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; expected keys {list(PARAM_NAMES)}")
-    for k in PARAM_NAMES:
+    if not params:
+        raise ValueError("params is empty; pass the model's parameters, model.params")
+    for k in params:
         p = params[k]
         if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
             raise TypeError(
@@ -80,6 +78,10 @@ def _check_grads(grads, params: Mapping[str, np.ndarray], keys: Sequence[str]) -
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays (e.g. model.gradients(...).grads); "
                         f"got {type(grads).__name__}")
+    unknown = [k for k in grads if k not in params]
+    if unknown:
+        raise ValueError(f"grads has keys that are not parameters of this optimizer: {unknown}; "
+                         f"expected keys {list(keys)}")
     out = {}
     for k in keys:
         if k not in grads:
@@ -98,7 +100,7 @@ class Optimizer:
     """Base class: holds the params dict, hyperparameters, step count and per-parameter slots.
 
     The optimizer keeps the ``params`` dict itself (not copies) and, at each step, updates
-    whatever arrays it holds under the five parameter names in place: to change the values
+    whatever arrays it holds under its parameter names (:attr:`keys`) in place: to change the values
     (e.g. when loading a checkpoint) write into the arrays, ``params[k][...] = v``.
 
     Subclasses set ``name``, ``hyper`` (hyperparameter names, each an attribute) and
@@ -111,11 +113,13 @@ class Optimizer:
 
     def __init__(self, params):
         self.params = _check_param_dict(params)
+        #: The parameter names updated, fixed at construction (the keys of ``params`` then).
+        self.keys = tuple(self.params)
         self.step_count = 0
         # Zeros are the torch initial values of every slot except SGD's momentum buffer,
         # which torch creates from the first gradient; SGD handles that by the step count.
         self.state = {
-            slot: {k: np.zeros_like(self.params[k]) for k in PARAM_NAMES} for slot in self.slots
+            slot: {k: np.zeros_like(self.params[k]) for k in self.keys} for slot in self.slots
         }
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
@@ -128,15 +132,15 @@ class Optimizer:
             and is not checked for NaN/Inf here: test the norm that :func:`clip_grad_norm`
             returns before stepping if a run may diverge.
         """
-        g = _check_grads(grads, self.params, PARAM_NAMES)
-        for k in PARAM_NAMES:
+        g = _check_grads(grads, self.params, self.keys)
+        for k in self.keys:
             if self.params[k].shape != self._state_shape(k):
                 raise ValueError(
                     f"params[{k!r}] changed shape from {self._state_shape(k)} to {self.params[k].shape} "
                     f"since the optimizer was created; make a new optimizer"
                 )
         self.step_count += 1
-        for k in PARAM_NAMES:
+        for k in self.keys:
             self._update(k, self.params[k], g[k], {slot: self.state[slot][k] for slot in self.slots})
 
     def _state_shape(self, k: str) -> tuple:
@@ -156,7 +160,7 @@ class Optimizer:
         d = {h: getattr(self, h) for h in self.hyper}
         d["step"] = int(self.step_count)
         for slot in self.slots:
-            for k in PARAM_NAMES:
+            for k in self.keys:
                 d[f"{slot}.{k}"] = self.state[slot][k].copy()
         return d
 
@@ -168,7 +172,7 @@ class Optimizer:
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"state must be a dict from state_dict(); got {type(d).__name__}")
-        expected = set(self.hyper) | {"step"} | {f"{s}.{k}" for s in self.slots for k in PARAM_NAMES}
+        expected = set(self.hyper) | {"step"} | {f"{s}.{k}" for s in self.slots for k in self.keys}
         missing, extra = sorted(expected - set(d)), sorted(set(d) - expected)
         if missing or extra:
             raise ValueError(
@@ -177,7 +181,7 @@ class Optimizer:
             )
         arrays = {}
         for slot in self.slots:
-            for k in PARAM_NAMES:
+            for k in self.keys:
                 key = f"{slot}.{k}"
                 a = np.asarray(d[key])
                 if a.shape != self.params[k].shape or a.dtype.kind not in "biuf":
@@ -404,8 +408,8 @@ def _sum_of_squares(a: np.ndarray) -> float:
 
 
 def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
-                   keys: Sequence[str] = PARAM_NAMES) -> float:
-    """Scale the gradients in ``keys`` in place so their global 2-norm is at most ``max_norm``.
+                   keys: Sequence[str] | None = None) -> float:
+    """Scale the gradients in ``keys`` (default: every key of ``grads``) in place so their global 2-norm is at most ``max_norm``.
 
     ``total = sqrt(sum_k ||grads[k]||²)``; if ``total > max_norm`` every gradient is
     multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
@@ -425,8 +429,8 @@ def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
 
 
 def clip_grad_value(grads: MutableMapping[str, np.ndarray], clip_value: float,
-                    keys: Sequence[str] = PARAM_NAMES) -> None:
-    """Clamp every entry of the gradients in ``keys`` to [-clip_value, clip_value], in place
+                    keys: Sequence[str] | None = None) -> None:
+    """Clamp every entry of the gradients in ``keys`` (default: every key of ``grads``) to [-clip_value, clip_value], in place
     (as ``torch.nn.utils.clip_grad_value_``)."""
     clip_value = _check_number("clip_value", clip_value, allow_inf=True)
     for a in _grad_arrays(grads, keys).values():
@@ -436,8 +440,10 @@ def clip_grad_value(grads: MutableMapping[str, np.ndarray], clip_value: float,
 def _grad_arrays(grads, keys: Sequence[str]) -> dict:
     if not isinstance(grads, MutableMapping):
         raise TypeError(f"grads must be a dict of arrays; got {type(grads).__name__}")
+    if keys is None:
+        keys = list(grads)
     if isinstance(keys, str):
-        raise TypeError(f"keys must be a sequence of names such as {list(PARAM_NAMES)}; got the string {keys!r}")
+        raise TypeError(f"keys must be a sequence of names such as {list(grads)[:3]}; got the string {keys!r}")
     out = {}
     for k in keys:
         if k not in grads:

@@ -7,7 +7,9 @@ import numbers
 import numpy as np
 
 from .data import Vocabulary
-from .model import RNN, forward
+from . import network
+from .engines import get_engine
+from .model import RNN
 from .validation import check_real, check_seed
 
 __all__ = ["sample"]
@@ -46,13 +48,16 @@ def sample(model: RNN, vocab: Vocabulary, length: int, *, prime: str | None = No
         raise ValueError(
             f"model has input_size={model.input_size}, output_size={model.output_size} but the vocabulary "
             f"has {len(vocab)} characters; they must match")
+    if model.bidirectional:
+        raise ValueError("a bidirectional model cannot generate text: its reverse direction reads the "
+                         "characters after each position, which do not exist yet; train a unidirectional one")
     rng = _rng(seed)
-    params = model.checked_params()
+    params, arch, engine = model.checked_params(), model.architecture, get_engine()
     tokens = vocab.encode(prime)[:, None]  # (T, 1)
-    h = np.zeros((1, model.hidden_size), dtype=model.dtype)
+    h = np.zeros((arch.units, 1, model.hidden_size), dtype=model.dtype)
     out = np.empty(length, dtype=np.intp)
     for i in range(length):
-        fwd = forward(params, tokens, h, model.f, model.g)
+        fwd = network.forward(params, tokens, h, arch, engine)
         h = fwd.h_last
         logits = fwd.a[-1, 0].astype(np.float64) / temperature
         p = np.exp(logits - logits.max())

@@ -33,11 +33,12 @@ from typing import Callable
 
 import numpy as np
 
-from .bptt import output_loss
 from ._io import atomic_write
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
-from .model import RNN, forward
+from . import network
+from .engines import get_engine
+from .model import RNN
 from .optim import OPTIMIZERS, clip_grad_norm, clip_grad_value, make_optimizer
 from .validation import FLOAT_DTYPES, all_finite, check_choice, check_positive_int, check_real, check_seed
 from .workspace import Workspace
@@ -199,13 +200,13 @@ class TextData:
 
     def val_loss(self, model: RNN) -> float:
         """Mean loss per character over the held-out text, state carried across chunks."""
-        params = model.checked_params()
-        h = np.zeros((self.val_x.shape[1], model.hidden_size), dtype=model.dtype)
+        params, arch, engine = model.checked_params(), model.architecture, get_engine()
+        h = np.zeros((arch.units, self.val_x.shape[1], model.hidden_size), dtype=model.dtype)
         total, count = 0.0, 0
         for t0 in range(0, self.val_x.shape[0], self.k):
             x, y = self.val_x[t0:t0 + self.k], self.val_y[t0:t0 + self.k]
-            fwd = forward(params, x, h, model.f, model.g)
-            total += output_loss(fwd, y.reshape(-1), None, model.g, model.loss_fn)
+            fwd = network.forward(params, x, h, arch, engine)
+            total += network.loss(params, fwd, y.reshape(-1), None, arch, engine)
             count += y.size
             h = fwd.h_last
         return total / count

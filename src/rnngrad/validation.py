@@ -2,7 +2,8 @@
 
 Validate once at the edge, trust inside: :class:`rnngrad.RNN` and
 :func:`rnngrad.check_gradients` call these before any arithmetic, and the pure
-functions of :mod:`rnngrad.model` and :mod:`rnngrad.bptt` assume what they check.
+functions of :mod:`rnngrad.network`, :mod:`rnngrad.layer` and :mod:`rnngrad.head` assume what
+they check.
 Every message names the argument, what was expected and what was given.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "check_inputs",
     "check_h0",
     "check_mask",
+    "lengths_from_mask",
     "check_targets",
 ]
 
@@ -67,7 +69,7 @@ def check_need(need, optional: Sequence[str]) -> frozenset:
     name means that one, otherwise an iterable of names (an empty one: none)."""
     if need is None:
         return frozenset(optional)
-    if isinstance(need, str):  # need="h0" means ("h0",), not ("h", "0")
+    if isinstance(need, str):  # need="dh0" means ("dh0",), not ("d", "h", "0")
         need = (need,)
     try:
         names = list(need)
@@ -166,6 +168,9 @@ def check_params(params: Mapping, shapes: Mapping[str, tuple], dtype: np.dtype) 
     missing = [k for k in shapes if k not in params]
     if missing:
         raise ValueError(f"params is missing {missing}; expected keys {list(shapes)}")
+    if len(params) != len(shapes):
+        unknown = [k for k in params if k not in shapes]
+        raise ValueError(f"params has keys this model does not have: {unknown}; expected keys {list(shapes)}")
     out = {}
     for key, shape in shapes.items():
         arr = params[key]
@@ -224,14 +229,41 @@ def check_inputs(x, input_size: int, dtype: np.dtype) -> np.ndarray:
     return arr
 
 
-def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype) -> np.ndarray:
-    """h0 as (B, H) in ``dtype``; zeros when None."""
+def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype, units: int = 1) -> np.ndarray:
+    """h0 as (U, B, H) in ``dtype`` (zeros when None), U = num_layers · directions.
+
+    With U = 1, h0 may also be (B, H), as the seed's single layer takes it.
+    """
     if h0 is None:
-        return np.zeros((batch, hidden_size), dtype=dtype)
+        return np.zeros((units, batch, hidden_size), dtype=dtype)
     arr = as_array("h0", h0, dtype)
-    check_shape("h0", arr, (batch, hidden_size), "(B, H)")
+    if units == 1 and arr.ndim != 3:
+        check_shape("h0", arr, (batch, hidden_size), "(B, H)")
+        arr = arr[None]
+    else:
+        check_shape("h0", arr, (units, batch, hidden_size), "(num_layers * directions, B, H)")
     check_finite("h0", arr)
     return arr
+
+
+def lengths_from_mask(mask: np.ndarray) -> np.ndarray:
+    """The (B,) sequence lengths of a (T, B) bool mask that is a prefix of valid steps followed by
+    padding in every column; ValueError naming the first column that is not, or that is empty."""
+    T = mask.shape[0]
+    lengths = np.count_nonzero(mask, axis=0)
+    bad = np.flatnonzero((mask != (np.arange(T)[:, None] < lengths[None, :])).any(axis=0))
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(
+            f"mask must mark each sequence's valid steps followed by padding (True/1 then False/0 down "
+            f"each column) for a bidirectional network, whose reverse direction starts at each "
+            f"sequence's last valid step; column {b} is {mask[:, b].astype(int).tolist()[:20]}"
+            f"{'...' if T > 20 else ''}. To weight the loss of single steps, use a unidirectional network")
+    if not lengths.all():
+        b = int(np.flatnonzero(lengths == 0)[0])
+        raise ValueError(f"mask leaves sequence {b} without any valid step; every sequence of a "
+                         f"bidirectional network needs at least one (drop it from the batch)")
+    return lengths
 
 
 def check_mask(mask, T: int, B: int) -> np.ndarray | None:

@@ -1,19 +1,28 @@
-"""The compiled recurrences (rnngrad[fast]) equal the NumPy loops they replace.
+"""Every engine equals the NumPy engine (the reference) on every configuration.
 
-Oracle: the pure-NumPy path of the same library, switched on with _kernels.set_enabled(False),
-which is itself checked against PyTorch and finite differences elsewhere. Skipped when numba
-(or scipy) is not installed.
+Oracle: the NumPy engine of the same library (:class:`rnngrad.engines.NumpyEngine`), itself
+checked against PyTorch and finite differences elsewhere. The compiled engine's own parts
+(float32 tanh, sigmoid and exp, the softmax and cross-entropy kernels, the token scatter-add)
+are checked against float64 or extended-precision references. Skipped where numba (or scipy)
+is not installed.
 """
 
 import numpy as np
 import pytest
 
-from rnngrad import RNN, _kernels
+from conftest import COMBOS, all_grads, make_targets
+from rnngrad import RNN, network
 from rnngrad.activations import Softmax, Tanh
+from rnngrad.engines import NumbaEngine, NumpyEngine, available_engines, get_engine
+from rnngrad.layer import input_weight_grad
+from rnngrad.losses import softmax_cross_entropy_index
 
-pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba/scipy not installed (rnngrad[fast])")
+pytestmark = pytest.mark.skipif("numba" not in available_engines(),
+                                reason="numba/scipy not installed (rnngrad[fast])")
 
 HIDDEN = ["tanh", "relu", "sigmoid", "identity"]
+#: Every engine but the reference.
+COMPILED = [name for name in available_engines() if name != "numpy"]
 
 
 @pytest.fixture
@@ -21,38 +30,24 @@ def rng():
     return np.random.default_rng(1234)
 
 
-@pytest.fixture(autouse=True)
-def kernels_on():
-    """Every test here starts with the kernels on, whatever RNNGRAD_DISABLE_KERNELS says."""
-    previous = _kernels.set_enabled(True)
-    yield
-    _kernels.set_enabled(previous)
+@pytest.fixture(scope="module")
+def numba_engine():
+    return get_engine("numba")
 
 
-def _both_paths(model, *args, **kwargs):
-    previous = _kernels.set_enabled(True)
-    try:
-        fast = model.gradients(*args, **kwargs)
-        _kernels.set_enabled(False)
-        slow = model.gradients(*args, **kwargs)
-    finally:
-        _kernels.set_enabled(previous)
-    return fast, slow
+def _both_paths(model, *args, engine="numba", **kwargs):
+    """The same call on ``engine`` and on the NumPy engine."""
+    return model.gradients(*args, engine=engine, **kwargs), model.gradients(*args, engine="numpy", **kwargs)
 
 
 def _forward_both_paths(params, x, h0, model):
     """The forward pass with the compiled loop, then with the NumPy loop."""
-    from rnngrad.model import forward
-
-    previous = _kernels.set_enabled(True)
-    try:
-        assert _kernels.recurrence_kind(model.f, np.empty((x.shape[0], x.shape[1], model.hidden_size),
-                                                          model.dtype)) is not None
-        fast = forward(params, x, h0, model.f, model.g)
-        _kernels.set_enabled(False)
-        slow = forward(params, x, h0, model.f, model.g)
-    finally:
-        _kernels.set_enabled(previous)
+    B, H = h0.shape
+    assert get_engine("numba").recurrence_code(model.f, B, H, model.dtype) is not None
+    h0 = h0[None]
+    arch = model.architecture
+    fast = network.forward(params, x, h0, arch, get_engine("numba"))
+    slow = network.forward(params, x, h0, arch, NumpyEngine())
     return fast, slow
 
 
@@ -62,6 +57,18 @@ def _ulp32(exact: np.ndarray) -> np.ndarray:
     unit wherever the exact value rounds up to a power of two, halving the error there.)"""
     _, e = np.frexp(np.abs(exact))
     return np.maximum(np.ldexp(1.0, e - 24), 2.0 ** -149)
+
+
+def numba_kernels():
+    from rnngrad.engines import _numba_kernels
+    return _numba_kernels
+
+
+def softmax_kernel(a, b_y):
+    """The compiled softmax itself (the engine calls it for O <= MAX_SOFTMAX_OUTPUTS only)."""
+    y_hat = np.empty_like(a)
+    numba_kernels()._softmax_rows(a, b_y, y_hat)
+    return y_hat
 
 
 def _max_rel(a, b):
@@ -82,12 +89,12 @@ def test_kernel_equals_numpy_path(rng, hidden, dtype, tol, inputs):
     mask[5:, 0] = False
     mask[2:, 2] = False
     # The kernel is chosen for this model (built-in activation, small step).
-    assert _kernels.recurrence_kind(model.f, np.empty((T, B, H), dtype)) is not None
+    assert get_engine("numba").recurrence_code(model.f, B, H, dtype) is not None
     fast, slow = _both_paths(model, x, y, h0=h0, mask=mask)
-    assert fast.grads.keys() == slow.grads.keys()
+    assert all_grads(fast).keys() == all_grads(slow).keys()
     assert abs(fast.loss - slow.loss) <= tol * abs(slow.loss)
-    for key in slow.grads:
-        assert _max_rel(fast.grads[key], slow.grads[key]) <= tol, key
+    for key in all_grads(slow):
+        assert _max_rel(all_grads(fast)[key], all_grads(slow)[key]) <= tol, key
     assert _max_rel(fast.forward.h, slow.forward.h) <= tol
     assert _max_rel(fast.h_last, slow.h_last) <= tol
 
@@ -96,13 +103,7 @@ def test_kernel_equals_numpy_path(rng, hidden, dtype, tol, inputs):
 def test_forward_equals_numpy_path(rng, hidden):
     model = RNN(4, 5, 3, hidden_activation=hidden, output_activation="identity", loss="mse", seed=0)
     x = rng.standard_normal((9, 2, 4))
-    previous = _kernels.set_enabled(True)
-    try:
-        fast = model.forward(x)
-        _kernels.set_enabled(False)
-        slow = model.forward(x)
-    finally:
-        _kernels.set_enabled(previous)
+    fast, slow = model.forward(x, engine="numba"), model.forward(x, engine="numpy")
     np.testing.assert_allclose(fast.h, slow.h, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(fast.y_hat, slow.y_hat, rtol=1e-12, atol=1e-14)
 
@@ -117,9 +118,9 @@ def test_float32_tanh_kernel_as_accurate_as_numpy(rng):
     y = rng.integers(0, O, size=(T, B))
     ref = m64.gradients(x, y)
     fast, slow = _both_paths(m32, x, y)
-    for key in ref.grads:
-        err_fast = _max_rel(fast.grads[key], ref.grads[key])
-        err_slow = _max_rel(slow.grads[key], ref.grads[key])
+    for key in all_grads(ref):
+        err_fast = _max_rel(all_grads(fast)[key], all_grads(ref)[key])
+        err_slow = _max_rel(all_grads(slow)[key], all_grads(ref)[key])
         assert err_fast <= 2 * err_slow + 1e-6, (key, err_fast, err_slow)
 
 
@@ -128,35 +129,37 @@ def test_tanh32_within_half_ulp():
     z = np.concatenate([np.linspace(-12, 12, 200_001), np.geomspace(1e-30, 20, 20_001)]).astype(np.float32)
     z = np.concatenate([z, -z, np.float32([0.0, -0.0])])
     h = z.copy()
-    _kernels._jit_module()._activate(0, h, np.float32(1))
+    numba_kernels()._activate(0, h, np.float32(1))
     exact = np.tanh(z.astype(np.float64))
     assert np.max(np.abs(h.astype(np.float64) - exact) / _ulp32(exact)) <= 0.5 + 1e-6
     # From |x| = 9.0109 on, tanh rounds to ±1 in float32, and so must the kernel's.
     big = np.float32([9.011, 9.5, 20, 1e30, np.inf])
     h = np.concatenate([big, -big])
-    _kernels._jit_module()._activate(0, h, np.float32(1))
+    numba_kernels()._activate(0, h, np.float32(1))
     assert h.tolist() == [1.0] * 5 + [-1.0] * 5
 
 
-def test_user_activation_and_large_steps_use_numpy_loop():
-    class MyTanh(Tanh):  # a subclass may change the maths: never a kernel
+def test_user_activation_and_large_steps_use_numpy_loop(numba_engine):
+    class MyTanh(Tanh):  # a subclass that changes the maths is never a kernel...
         name = "mytanh"
 
-    h = np.empty((3, 2, 4))
-    assert _kernels.recurrence_kind(MyTanh(), h) is None
-    assert _kernels.recurrence_kind(Tanh(), h) is not None
-    big = np.empty((2, 64, 128))  # B·H·H = 2^20 > MAX_STEP_MACS: a BLAS-sized step
-    assert _kernels.recurrence_kind(Tanh(), big) is None
-    previous = _kernels.set_enabled(False)
-    try:
-        assert _kernels.recurrence_kind(Tanh(), h) is None
-    finally:
-        _kernels.set_enabled(previous)
+        def fn(self, z, out=None):
+            return np.tanh(2 * z, out=out)
+
+    class RenamedTanh(Tanh):  # ...one that only renames it keeps the kernel
+        name = "renamed"
+
+    assert MyTanh.kernel is None and RenamedTanh.kernel == "tanh"
+    assert numba_engine.recurrence_code(MyTanh(), 2, 4, np.float64) is None
+    assert numba_engine.recurrence_code(RenamedTanh(), 2, 4, np.float64) is not None
+    assert numba_engine.recurrence_code(Tanh(), 2, 4, np.float64) is not None
+    # B·H·H = 2^20 > MAX_STEP_MACS: a BLAS-sized step
+    assert numba_engine.recurrence_code(Tanh(), 64, 128, np.float64) is None
 
 
 def test_float32_exp_is_correctly_rounded_up_to_an_ulp():
     """The vectorisable exp of the softmax kernel against float64 exp rounded to float32."""
-    from rnngrad._kernels_jit import _exp_nonpositive32
+    _exp_nonpositive32 = numba_kernels()._exp_nonpositive32
 
     rng = np.random.default_rng(0)
     x = np.concatenate([-rng.uniform(0, 110, 20000), -rng.uniform(0, 1, 5000), [0.0, -103.9, -104.5, -1e4]])
@@ -176,7 +179,7 @@ def test_softmax_kernel_matches_float64_reference(rng, O):
     b = rng.standard_normal(O).astype(np.float32)
     logits = a + b
     a_kernel = a.copy()
-    y_hat = _kernels.softmax_with_bias(a_kernel, b)
+    y_hat = softmax_kernel(a_kernel, b)
     np.testing.assert_array_equal(a_kernel, logits)
     # The differences a - max(a) are rounded to float32 (as in NumPy's float32 softmax);
     # from there the kernel works in float64 and rounds once: within about an ulp.
@@ -192,24 +195,16 @@ def test_softmax_kernel_matches_float64_reference(rng, O):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("want_dy_hat", [True, False])
-def test_cross_entropy_kernel_equals_numpy_path(rng, dtype, want_dy_hat):
-    from rnngrad.losses import _softmax_cross_entropy_index
-
+def test_cross_entropy_kernel_equals_numpy_path(rng, dtype, want_dy_hat, numba_engine):
     N, O = 30, 7
     y_hat = Softmax().fn((rng.standard_normal((N, O)) * 3).astype(dtype))
     y = rng.integers(0, O, N)
-    previous = _kernels.set_enabled(True)
-    try:
-        fast = _softmax_cross_entropy_index(y_hat, y, want_dy_hat)
-        _kernels.set_enabled(False)
-        slow = _softmax_cross_entropy_index(y_hat, y, want_dy_hat)
-        # Underflowed y_hat[n, y_n]: both decline, for the log-sum-exp path.
-        y_hat[3, y[3]] = 0
-        assert _softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
-        _kernels.set_enabled(True)
-        assert _softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
-    finally:
-        _kernels.set_enabled(previous)
+    fast = numba_engine.softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+    slow = softmax_cross_entropy_index(y_hat, y, want_dy_hat)
+    # Underflowed y_hat[n, y_n]: both decline, for the log-sum-exp path.
+    y_hat[3, y[3]] = 0
+    assert softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
+    assert numba_engine.softmax_cross_entropy_index(y_hat, y, want_dy_hat) is None
     tol = 1e-6 if dtype == np.float32 else 1e-15
     for f, s in zip(fast, slow):
         if s is None:
@@ -244,7 +239,7 @@ def test_softmax_kernel_keeps_nan_and_inf_rows_like_numpy():
     b = np.zeros(16, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         ref = Softmax().fn(a.copy())
-    y_hat = _kernels.softmax_with_bias(a.copy(), b)
+    y_hat = softmax_kernel(a.copy(), b)
     np.testing.assert_array_equal(np.isnan(y_hat), np.isnan(ref))
     assert y_hat[3, 0] == 0
 
@@ -277,13 +272,11 @@ def test_sigmoid_output_kernel_equals_numpy_path(rng, hidden, output, loss, dtyp
     model = RNN(D, H, O, hidden_activation=hidden, output_activation=output, loss=loss, dtype=dtype, seed=4)
     x = rng.integers(0, D, size=(T, B)) if inputs == "tokens" else rng.standard_normal((T, B, D))
     y = rng.uniform(size=(T, B, O))
-    a = np.empty((T * B, O), dtype)
-    assert _kernels.sigmoid_applies(model.g, a) == (dtype == np.float32)
     fast, slow = _both_paths(model, x, y, h0=rng.standard_normal((B, H)))
     assert fast.loss == pytest.approx(slow.loss, rel=tol)
     np.testing.assert_allclose(fast.forward.y_hat, slow.forward.y_hat, rtol=tol, atol=tol)
-    for key in slow.grads:
-        assert _max_rel(fast.grads[key], slow.grads[key]) <= tol, key
+    for key in all_grads(slow):
+        assert _max_rel(all_grads(fast)[key], all_grads(slow)[key]) <= tol, key
 
 
 def test_sigmoid32_within_half_ulp():
@@ -293,7 +286,7 @@ def test_sigmoid32_within_half_ulp():
                         np.geomspace(1e-30, 20, 20_001)]).astype(np.float32)
     z = np.concatenate([z, np.float32([0.0, -0.0])])
     h = z.copy()
-    _kernels._jit_module()._activate(2, h, np.float32(1))
+    numba_kernels()._activate(2, h, np.float32(1))
     z64 = z.astype(np.float64)
     exact = np.where(z64 >= 0, 1 / (1 + np.exp(-z64)), np.exp(z64) / (1 + np.exp(z64)))
     ulp = _ulp32(exact)
@@ -303,27 +296,48 @@ def test_sigmoid32_within_half_ulp():
     # NumPy's float32 path (np.exp, then a float32 division) is off by up to 3.2 ulp here.
     assert np.max(np.abs(h.astype(np.float64) - exact) / ulp) <= 0.5 + 1e-3
     nan = np.float32([np.nan, np.inf, -np.inf])
-    _kernels._jit_module()._activate(2, nan, np.float32(1))
+    numba_kernels()._activate(2, nan, np.float32(1))
     assert np.isnan(nan[0]) and nan[1] == 1 and nan[2] == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_token_scatter_add_kernel_equals_sorted_segment_sums(rng, dtype):
-    from rnngrad.bptt import input_weight_grad
-
+def test_token_scatter_add_kernel_equals_sorted_segment_sums(rng, dtype, numba_engine):
     N, H, D = 500, 7, 11
     x = rng.integers(0, D - 1, size=N)  # token D - 1 never occurs: its column stays zero
     dz = rng.standard_normal((N, H)).astype(dtype)
-    previous = _kernels.set_enabled(True)
-    try:
-        fast = input_weight_grad(x, dz, D)
-        _kernels.set_enabled(False)
-        slow = input_weight_grad(x, dz, D)
-    finally:
-        _kernels.set_enabled(previous)
+    fast = input_weight_grad(x, dz, D, numba_engine)
+    slow = input_weight_grad(x, dz, D, NumpyEngine())
     np.testing.assert_allclose(fast, slow, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6)
     assert not fast[:, D - 1].any()
     with pytest.raises(ValueError, match=r"token indices.*\[0, 11\)"):
-        _kernels.token_weight_grad(np.array([0, 11]), dz[:2], D)
+        numba_engine.token_weight_grad(np.array([0, 11]), dz[:2], D)
     with pytest.raises(ValueError, match="token indices"):
-        _kernels.token_weight_grad(np.array([-1, 0]), dz[:2], D)
+        numba_engine.token_weight_grad(np.array([-1, 0]), dz[:2], D)
+
+
+@pytest.mark.parametrize("engine", COMPILED)
+@pytest.mark.parametrize("hidden, output, loss", COMBOS)
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (2, False), (1, True), (3, True)])
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+@pytest.mark.parametrize("inputs", ["floats", "tokens"])
+def test_every_engine_equals_numpy_on_every_configuration(rng, engine, hidden, output, loss, num_layers,
+                                                          bidirectional, dtype, tol, inputs):
+    """Loss, every parameter and state gradient, the forward states and h_last: each engine
+    against the NumPy engine, for the whole (f, g, loss) grid, stacked and bidirectional, with a
+    mask (of sequence lengths), h0, dropout masks and float or token inputs."""
+    T, B, D, H, O = 6, 3, 5, 4, 3
+    model = RNN(D, H, O, hidden_activation=hidden, output_activation=output, loss=loss, dtype=dtype,
+                num_layers=num_layers, bidirectional=bidirectional, dropout=0.3, seed=5)
+    x = rng.integers(0, D, size=(T, B)) if inputs == "tokens" else rng.standard_normal((T, B, D))
+    y = make_targets(rng, output, loss, T, B, O)
+    h0 = rng.standard_normal((num_layers * model.directions, B, H)) * 0.5
+    mask = np.arange(T)[:, None] < np.array([6, 2, 4])[None, :]
+    fast, slow = _both_paths(model, x, y, engine=engine, h0=h0, mask=mask, dropout_seed=11)
+    assert fast.loss == pytest.approx(slow.loss, rel=tol)
+    assert all_grads(fast).keys() == all_grads(slow).keys()
+    for key in all_grads(slow):
+        assert _max_rel(all_grads(fast)[key], all_grads(slow)[key]) <= tol, key
+    for a, b in zip(fast.forward.dropout_masks or [], slow.forward.dropout_masks or []):
+        np.testing.assert_array_equal(a, b)  # drawn from the same seed, whatever the engine
+    assert _max_rel(fast.forward.y_hat, slow.forward.y_hat) <= tol
+    assert _max_rel(fast.h_last, slow.h_last) <= tol

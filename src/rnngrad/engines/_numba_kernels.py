@@ -1,6 +1,6 @@
-"""The numba code behind :mod:`rnngrad._kernels`, imported on first use (numba's import and the
+"""The numba code behind :mod:`rnngrad.engines.numba_engine`, imported on first use (numba's import and the
 kernels' loading from its cache take a while; ``import rnngrad`` should not pay for them).
-See :mod:`rnngrad._kernels` for what is computed and why it is written this way."""
+See :mod:`rnngrad.engines.numba_engine` for what is computed and why it is written this way."""
 
 import math
 
