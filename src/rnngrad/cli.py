@@ -74,19 +74,24 @@ def random_problem(model: RNN, T: int, B: int, rng: np.random.Generator):
 def _cmd_gradcheck(args) -> int:
     model = RNN(args.input_size, args.hidden_size, args.output_size,
                 hidden_activation=args.hidden_activation, output_activation=args.output_activation,
-                loss=args.loss, seed=args.seed)
+                loss=args.loss, seed=args.seed, num_layers=args.num_layers, bidirectional=args.bidirectional,
+                dropout=args.dropout)
     rng = np.random.default_rng(args.seed + 1)
     x, y = random_problem(model, args.T, args.B, rng)
-    h0 = rng.standard_normal((args.B, args.hidden_size)) * 0.5
+    units = args.num_layers * model.directions
+    h0 = rng.standard_normal((args.B, args.hidden_size) if units == 1 else (units, args.B, args.hidden_size)) * 0.5
     mask = None
     if args.mask:
         # Variable lengths, padded at the end; every sequence keeps at least one step.
         lengths = rng.integers(1, args.T + 1, size=args.B)
         mask = np.arange(args.T)[:, None] < lengths[None, :]
+    # With dropout, masks drawn once from the seed: the check is of the gradient for that mask.
     report = check_gradients(model, x, y, h0=h0, mask=mask, reduction=args.reduction,
-                             eps=args.eps, rtol=args.rtol, directions=args.directions)
+                             eps=args.eps, rtol=args.rtol, directions=args.directions,
+                             dropout_seed=args.seed + 2 if args.dropout else None)
     print(f"{model}")
     print(f"T={args.T} B={args.B} reduction={args.reduction} mask={'yes' if args.mask else 'no'} "
+          + (f"dropout masks from seed {args.seed + 2} " if args.dropout else "") +
           f"eps={args.eps:g} rtol={args.rtol:g} check={report.mode} loss={report.loss:.6g}")
     print()
     print(report.table())
@@ -287,7 +292,7 @@ _FLOW_FRESH = {"activations": ["tanh", "relu", "sigmoid"], "scales": [0.5, 1.0, 
 
 
 def _cmd_flow(args) -> int:
-    from .diagnostics import flow_sweep, gradient_flow
+    from .diagnostics import flow_ratio, flow_sweep, gradient_flow
     from .plots import plot_flow
 
     if args.checkpoint is not None:
@@ -323,7 +328,10 @@ def _cmd_flow(args) -> int:
     print("|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.label} | {r.spectral_radius:.3f} | {r.norms[0]:.3e} | {r.norms[-1]:.3e} | {r.ratio:.3e} |")
-    print(f"\nloss at the last step only, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
+        for name, norms in list(zip(r.layer_names, r.layer_norms))[1:]:  # a stacked or bidirectional model
+            print(f"| {r.label}, {name} | | {norms[0]:.3e} | {norms[-1]:.3e} | {flow_ratio(norms):.3e} |")
+    where = "every step (a bidirectional model)" if results[0].layer_names[-1].endswith("reverse") else "the last step only"
+    print(f"\nloss at {where}, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
     print(f"wrote {out}")
     return 0
 
@@ -346,7 +354,15 @@ def _add_train_parser(sub) -> None:
     data.add_argument("--max-chars", type=_positive_int, help="use only the first N characters of the default corpus")
     data.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction, help="held-out share of the text")
     model = p.add_argument_group("model")
-    model.add_argument("--hidden-size", "-H", type=_positive_int, default=TrainConfig.hidden_size, help="hidden units")
+    model.add_argument("--hidden-size", "-H", type=_positive_int, default=TrainConfig.hidden_size,
+                       help="hidden units (of each layer and direction)")
+    model.add_argument("--num-layers", "-L", type=_positive_int, default=TrainConfig.num_layers,
+                       help="stacked recurrent layers")
+    model.add_argument("--bidirectional", action="store_true",
+                       help="a reverse-direction layer beside each layer (synthetic tasks only: text is read "
+                            "in chunks with the state carried forward)")
+    model.add_argument("--dropout", type=float, default=TrainConfig.dropout,
+                       help="dropout between stacked layers during training (needs --num-layers 2 or more)")
     model.add_argument("--hidden-activation", "-f", default=TrainConfig.hidden_activation, choices=sorted(HIDDEN_ACTIVATIONS),
                        help="hidden activation f")
     model.add_argument("--recurrent-init", default=TrainConfig.recurrent_init, choices=RECURRENT_INITS,
@@ -431,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", "-D", type=_positive_int, default=4, help="input features D")
     p.add_argument("--hidden-size", "-H", type=_positive_int, default=5, help="hidden units H")
     p.add_argument("--output-size", "-O", type=_positive_int, default=3, help="outputs O")
+    p.add_argument("--num-layers", "-L", type=_positive_int, default=1, help="stacked layers")
+    p.add_argument("--bidirectional", action="store_true", help="a reverse-direction layer beside each layer")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout between layers (masks drawn once from the seed; the check is for that mask)")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum", help="loss reduction")
     p.add_argument("--mask", action="store_true", help="random sequence lengths (mask padded steps)")
     p.add_argument("--eps", type=_positive_float, default=1e-6, help="finite-difference step")

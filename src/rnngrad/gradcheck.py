@@ -91,13 +91,13 @@ def _relative(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, float]:
 
 def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum",
                     eps: float = 1e-6, rtol: float = 1e-6, directions: int | None = None,
-                    order: int = 2, seed=0, dropout_seed=None, engine=None) -> GradCheckReport:
+                    order: int = 2, seed=0, dropout_seed=None, engine=None, lengths=None) -> GradCheckReport:
     """Compare ``model.gradients(...)`` with central finite differences, in float64.
 
     Parameters
     ----------
     model : RNN (left unchanged; a float64 copy is checked)
-    x, y, h0, mask, reduction : as :meth:`RNN.gradients`
+    x, y, h0, mask, reduction, lengths : as :meth:`RNN.gradients`
     eps : finite-difference step
     rtol : an array passes when max_rel_error <= rtol
     directions : None for every entry; an int k for k random directions per array
@@ -127,11 +127,13 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
     engine = get_engine(engine)
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
-    res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction, dropout_seed=dropout_seed, engine=engine)
+    res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction, dropout_seed=dropout_seed, engine=engine,
+                      lengths=lengths)
     masks = res.forward.dropout_masks
     # The validated arrays once, for the hundreds of loss evaluations below (each would
     # otherwise check every array again); x and h0 copied, as they are perturbed in place.
-    params, x, h0, y_rows, weights, lengths, _ = m._prepare_loss(x, y, h0, mask, reduction, dropout_masks=masks)
+    params, x, h0, y_rows, weights, lengths, _ = m._prepare_loss(x, y, h0, mask, reduction, dropout_masks=masks,
+                                                                 lengths=lengths)
     tokens = x.ndim == 2
     x, h0 = (x if tokens else x.copy()), h0.copy()
     arch = m.architecture

@@ -28,6 +28,7 @@ from .validation import (
     check_choice,
     check_dtype,
     check_h0,
+    check_lengths,
     check_inputs,
     check_mask,
     check_need,
@@ -221,7 +222,7 @@ class RNN:
                              f"got shape {arr.shape}")
         return arr.swapaxes(0, 1)
 
-    def _prepare(self, x, h0, mask=None, dropout_seed=None, dropout_masks=None):
+    def _prepare(self, x, h0, mask=None, dropout_seed=None, dropout_masks=None, lengths=None):
         """Validated (params, x, h0 (U, B, H), mask, lengths, dropout masks)."""
         params = self.checked_params()
         if self.batch_first:
@@ -230,7 +231,17 @@ class RNN:
         T, B = x.shape[:2]
         h0 = check_h0(h0, B, self.hidden_size, self.dtype, units=self.num_layers * self.directions)
         mask = check_mask(mask, T, B)
-        lengths = lengths_from_mask(mask) if (self.bidirectional and mask is not None) else None
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
+            valid = np.arange(T)[:, None] < lengths[None, :]
+            if mask is None:
+                mask = valid
+            elif (mask & ~valid).any():
+                t, b = (int(i) for i in np.argwhere(mask & ~valid)[0])
+                raise ValueError(f"mask marks step {t} of sequence {b}, which is padding (lengths[{b}] = "
+                                 f"{lengths[b]}); padding adds no loss: clear the mask there")
+        elif self.bidirectional and mask is not None:
+            lengths = lengths_from_mask(mask)
         masks = self._dropout_masks(T, B, dropout_seed, dropout_masks)
         return params, x, h0, mask, lengths, masks
 
@@ -261,11 +272,12 @@ class RNN:
         keep = 1.0 - self.dropout
         return [(rng.random((T, B, C)) < keep).astype(self.dtype) / self.dtype.type(keep) for _ in range(levels)]
 
-    def _prepare_loss(self, x, y, h0, mask, reduction, workspace=None, dropout_seed=None, dropout_masks=None):
+    def _prepare_loss(self, x, y, h0, mask, reduction, workspace=None, dropout_seed=None, dropout_masks=None,
+                      lengths=None):
         if workspace is not None and not isinstance(workspace, Workspace):
             raise TypeError(f"workspace must be an rnngrad.Workspace or None; got {type(workspace).__name__}")
         check_choice("reduction", reduction, REDUCTIONS)
-        params, x, h0, mask, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks)
+        params, x, h0, mask, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks, lengths)
         T, B = x.shape[:2]
         if self.batch_first:
             y = self._time_major("y", y)
@@ -288,7 +300,8 @@ class RNN:
                 and (h0_given is None or getattr(h0_given, "ndim", None) == 2 or np.ndim(h0_given) == 2))
 
     # --- the calls -----------------------------------------------------------------------
-    def forward(self, x, h0=None, mask=None, dropout_seed=None, dropout_masks=None, engine=None) -> Forward:
+    def forward(self, x, h0=None, mask=None, dropout_seed=None, dropout_masks=None, engine=None,
+                lengths=None) -> Forward:
         """Hidden states and outputs for x.
 
         Parameters
@@ -297,7 +310,7 @@ class RNN:
         h0 : (U, B, H), or (B, H) for one layer and one direction; optional (zeros)
         mask : (T, B), optional; for a bidirectional network its valid-steps prefix gives each
             sequence's length (see :meth:`gradients`)
-        dropout_seed, dropout_masks, engine : see :meth:`gradients`
+        dropout_seed, dropout_masks, engine, lengths : see :meth:`gradients`
 
         Returns
         -------
@@ -305,13 +318,13 @@ class RNN:
         ``y_hat`` (T, B, O), ``a`` (T, B, O), ``h_last`` shaped as h0.
         """
         engine = get_engine(engine)
-        params, xs, h0s, _, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks)
+        params, xs, h0s, _, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks, lengths)
         fwd = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks)
         return self._public(fwd, self._single_state(h0))
 
     def gradients(self, x, y, h0=None, mask=None, reduction: str = "sum", need=None,
                   workspace: Workspace | None = None, dropout_seed=None, dropout_masks=None,
-                  engine=None) -> Gradients:
+                  engine=None, lengths=None) -> Gradients:
         """Loss and every gradient of seed §1 by backpropagation through time.
 
         Parameters
@@ -340,6 +353,12 @@ class RNN:
             Use these masks (e.g. to replay a training step exactly).
         engine : None (the default engine), "numpy", "numba" or an engine object; see
             :mod:`rnngrad.engines`
+        lengths : (B,) integers in [1, T], optional
+            Each sequence's valid steps; the rest is padding, which then enters no state (zero
+            states there, ``h_last`` after the last valid step, the reverse direction starting
+            there), for any network. With lengths, ``mask`` weights the loss in any pattern
+            within them (default: every valid step); a bidirectional network needs them to
+            take a mask that is not a prefix (e.g. the loss at the last step only).
 
         Returns
         -------
@@ -350,7 +369,7 @@ class RNN:
         engine = get_engine(engine)
         need = check_need(need, OPTIONAL_GRADS)  # before the forward pass: fail fast
         params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
-                                                                   dropout_seed, dropout_masks)
+                                                                   dropout_seed, dropout_masks, lengths)
         arch = self.architecture
         cache = network.forward(params, xs, h0s, arch, engine, lengths, masks, workspace)
         res = network.backward(params, cache, ys, w, arch, engine, need=need, workspace=workspace)
@@ -370,12 +389,12 @@ class RNN:
         return res
 
     def loss(self, x, y, h0=None, mask=None, reduction: str = "sum", workspace: Workspace | None = None,
-             dropout_seed=None, dropout_masks=None, engine=None) -> float:
+             dropout_seed=None, dropout_masks=None, engine=None, lengths=None) -> float:
         """The loss L alone (no backward pass); arguments as :meth:`gradients` (a workspace
         passed here overwrites the results of an earlier call with it, too)."""
         engine = get_engine(engine)
         params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
-                                                                   dropout_seed, dropout_masks)
+                                                                   dropout_seed, dropout_masks, lengths)
         cache = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks, workspace)
         return network.loss(params, cache, ys, w, self.architecture, engine, workspace)
 

@@ -171,8 +171,9 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
     x : (T, B, D) floats, or (T, B) integer token indices in [0, D)
     h0 : (U, B, H), U = num_layers · directions
     arch : :class:`Architecture`;  engine : from :mod:`rnngrad.engines`
-    lengths : (B,) ints in [1, T], or None; only a bidirectional network needs them (the
-        reverse direction starts at each sequence's last valid step)
+    lengths : (B,) ints in [1, T], or None (every sequence has T steps). Steps t >= l_b of
+        sequence b are padding: its states there are zero, h_last is its state after step
+        l_b - 1, and the reverse direction starts at that step
     dropout_masks : num_layers - 1 arrays (T, B, C) multiplied into the outputs of the levels
         below the top, or None
     workspace : optional (see :mod:`rnngrad.workspace`)
@@ -181,6 +182,7 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
     """
     dirs = arch.directions
     index = None if lengths is None else flip_index(lengths, x.shape[0])
+    padding = None if lengths is None else np.arange(x.shape[0])[:, None] >= lengths[None, :]
     caches, finals = [], []
     inp = x
     for k in range(arch.num_layers):
@@ -194,12 +196,12 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
             level.append(cache)
             finals.append(_final_states(cache.h, lengths))
         caches.extend(level)
-        if dirs == 1:
-            out = level[0].h
-        else:
-            out = np.concatenate([level[0].h, flip(level[1].h, index)], axis=-1)
-            if lengths is not None:  # padding is part of no sequence: zeros, as PyTorch's packed output
-                out[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0
+        out = level[0].h if dirs == 1 else np.concatenate([level[0].h, flip(level[1].h, index)], axis=-1)
+        if padding is not None and padding.any():
+            # Padding is part of no sequence: zeros, as PyTorch's packed output. (In place on a
+            # forward layer's own states is safe: no valid step follows padding, and no loss
+            # reaches it, so its f' and h_{t-1} only ever meet a zero gradient.)
+            out[padding] = 0
         if dropout_masks is not None and k < arch.num_layers - 1:
             out = out * dropout_masks[k]
         inp = out

@@ -68,6 +68,9 @@ class TrainConfig:
     task: str | None = None
     max_chars: int | None = None
     hidden_size: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
     hidden_activation: str = "tanh"
     recurrent_init: str = "uniform"
     dtype: str = "float32"
@@ -95,7 +98,7 @@ class TrainConfig:
             check_choice("task", self.task, TASKS)
             if self.text is not None:
                 raise ValueError("give either task or text, not both")
-        for name in ("hidden_size", "chunk_len", "batch_size", "steps", "task_train_size",
+        for name in ("hidden_size", "num_layers", "chunk_len", "batch_size", "steps", "task_train_size",
                      "task_val_size", "log_every", "sample_every", "sample_length", "checkpoint_every"):
             check_positive_int(name, getattr(self, name))
         if self.max_chars is not None:
@@ -110,6 +113,17 @@ class TrainConfig:
         if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
             raise ValueError(f"momentum applies to the {' and '.join(MOMENTUM_OPTIMIZERS)} optimizers, "
                              f"not {self.optimizer!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise TypeError(f"bidirectional must be True or False; got {self.bidirectional!r}")
+        if self.bidirectional and self.task is None:
+            raise ValueError("a bidirectional network cannot be trained on text here: text is read in chunks "
+                             "with the state carried from one to the next (truncated BPTT), and the reverse "
+                             "direction would need the text after the chunk; use --task, or drop --bidirectional")
+        if not 0 <= check_real("dropout", self.dropout, positive=False) < 1:
+            raise ValueError(f"dropout (--dropout) must lie in [0, 1); got {self.dropout!r}")
+        if self.dropout and self.num_layers == 1:
+            raise ValueError("dropout (--dropout) acts between stacked layers, so with num_layers=1 it would do "
+                             "nothing; set --num-layers to 2 or more, or leave dropout at 0")
         if not 0 < check_real("val_fraction", self.val_fraction) < 1:
             raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
@@ -146,12 +160,15 @@ def load_training_checkpoint(path) -> tuple[Path, dict, dict]:
 
 @dataclass
 class Batch:
-    """x (T, B) tokens or (T, B, D) floats; y targets; mask (T, B) or None; carry: keep h0 from the last batch."""
+    """x (T, B) tokens or (T, B, D) floats; y targets; mask (T, B) or None; carry: keep h0 from the
+    last batch; lengths (B,) or None: every step of a task's sequence is input, whatever its mask
+    (which then weights the loss only, for a bidirectional network too)."""
 
     x: np.ndarray
     y: np.ndarray
     mask: np.ndarray | None
     carry: bool
+    lengths: np.ndarray | None = None
 
 
 class TextData:
@@ -201,7 +218,7 @@ class TextData:
     def val_loss(self, model: RNN) -> float:
         """Mean loss per character over the held-out text, state carried across chunks."""
         params, arch, engine = model.checked_params(), model.architecture, get_engine()
-        h = np.zeros((arch.units, self.val_x.shape[1], model.hidden_size), dtype=model.dtype)
+        h = np.zeros((arch.units, self.val_x.shape[1], model.hidden_size), dtype=model.dtype)  # (U, B, H)
         total, count = 0.0, 0
         for t0 in range(0, self.val_x.shape[0], self.k):
             x, y = self.val_x[t0:t0 + self.k], self.val_y[t0:t0 + self.k]
@@ -244,10 +261,14 @@ class TaskData:
             self._perm_epoch = epoch
         idx = self._perm[i * config.batch_size:(i + 1) * config.batch_size]
         mask = None if self.mask is None else self.mask[:, idx]
-        return Batch(self.x[:, idx], self.y[:, idx], mask, carry=False)
+        return Batch(self.x[:, idx], self.y[:, idx], mask, carry=False, lengths=self._full(idx.size))
+
+    def _full(self, n: int) -> np.ndarray:
+        return np.full(n, self.x.shape[0], dtype=np.intp)
 
     def val_loss(self, model: RNN) -> float:
-        return model.loss(self.val_x, self.val_y, mask=self.val_mask, reduction="mean")
+        return model.loss(self.val_x, self.val_y, mask=self.val_mask, reduction="mean",
+                          lengths=self._full(self.val_x.shape[1]))
 
 
 @dataclass
@@ -297,11 +318,12 @@ class Trainer:
         self.model = model if model is not None else RNN(
             d.input_size, config.hidden_size, d.output_size, hidden_activation=config.hidden_activation,
             output_activation=d.output_activation, loss=d.loss, dtype=np.dtype(config.dtype),
-            seed=config.seed, recurrent_init=config.recurrent_init)
+            seed=config.seed, recurrent_init=config.recurrent_init, num_layers=config.num_layers,
+            bidirectional=config.bidirectional, dropout=config.dropout)
         kw = {"momentum": config.momentum} if config.optimizer in MOMENTUM_OPTIMIZERS else {}
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
         self.progress = Progress()
-        self.h = None  # carried hidden state (text), (B, H)
+        self.h = None  # carried hidden state (text), shaped as h0: (B, H), or (U, B, H) when stacked
         # The large arrays of each gradients call are reused step after step (no page faults from
         # fresh allocations). Safe because a step's gradients are used up before the next step;
         # h_last, which is carried, is a copy.
@@ -438,8 +460,10 @@ class Trainer:
         cfg, p = self.config, self.progress
         b = self.data.batch(p.step, cfg)
         h0 = self.h if (b.carry and self.h is not None) else None
+        # Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
+        dropout_seed = np.random.default_rng([cfg.seed, 5, p.step]) if cfg.dropout else None
         res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
-                                   workspace=self.workspace)
+                                   workspace=self.workspace, dropout_seed=dropout_seed, lengths=b.lengths)
         grads = res.grads
         norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
         if cfg.clip_value:
@@ -477,7 +501,7 @@ class Trainer:
             # left in the folder; a resumed run appends to the rows its checkpoint has seen.
             atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
             first = self.data.batch(0, cfg)
-            loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean")
+            loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean", lengths=first.lengths)
             row = self._log(self.data.val_loss(self.model), first_loss=loss0)
             if on_log:
                 on_log(row)

@@ -29,6 +29,7 @@ __all__ = [
     "check_h0",
     "check_mask",
     "lengths_from_mask",
+    "check_lengths",
     "check_targets",
 ]
 
@@ -246,6 +247,18 @@ def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype, units: int = 1) 
     return arr
 
 
+def check_lengths(lengths, T: int, B: int) -> np.ndarray:
+    """Sequence lengths as a (B,) intp array of integers in [1, T]."""
+    arr = as_array("lengths", lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers (the valid steps of each sequence); got dtype {arr.dtype}")
+    check_shape("lengths", arr, (B,), "(B,)")
+    if arr.size and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must lie in [1, T={T}] (every sequence needs a valid step); "
+                         f"got values from {arr.min()} to {arr.max()}")
+    return arr.astype(np.intp)
+
+
 def lengths_from_mask(mask: np.ndarray) -> np.ndarray:
     """The (B,) sequence lengths of a (T, B) bool mask that is a prefix of valid steps followed by
     padding in every column; ValueError naming the first column that is not, or that is empty."""
@@ -258,7 +271,8 @@ def lengths_from_mask(mask: np.ndarray) -> np.ndarray:
             f"mask must mark each sequence's valid steps followed by padding (True/1 then False/0 down "
             f"each column) for a bidirectional network, whose reverse direction starts at each "
             f"sequence's last valid step; column {b} is {mask[:, b].astype(int).tolist()[:20]}"
-            f"{'...' if T > 20 else ''}. To weight the loss of single steps, use a unidirectional network")
+            f"{'...' if T > 20 else ''}. To weight the loss of single steps, pass the sequence lengths as "
+            f"lengths= and the mask as the loss weights")
     if not lengths.all():
         b = int(np.flatnonzero(lengths == 0)[0])
         raise ValueError(f"mask leaves sequence {b} without any valid step; every sequence of a "

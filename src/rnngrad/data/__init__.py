@@ -14,6 +14,7 @@ from .tasks import (
     adding_problem,
     copy_task,
     copy_task_baseline,
+    lookahead_task,
     persistence_mse,
     sine_wave,
 )

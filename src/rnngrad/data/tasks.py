@@ -10,6 +10,10 @@ task's baseline (the loss of the best predictor that uses no memory).
     adding    (T, n, 2) floats  (T, n, 1) floats  last step      2, 1, identity, mse                1/6 (predict 1)
     copy      (T, n) tokens     (T, n) classes    recall steps   n_symbols+2, n_symbols+1, softmax  ln(n_symbols)
     sine      (T, n, 1) floats  (T, n, 1) floats  None           1, 1, identity, mse                1/2 (predict 0)
+    lookahead (T, n) tokens     (T, n) classes    t < T - delay  n_symbols, n_symbols, softmax      ln(n_symbols)
+
+The lookahead task's targets are future inputs: no unidirectional network can beat its
+baseline, while a bidirectional one can reach zero loss (its reverse direction has read them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "adding_problem",
     "copy_task",
     "sine_wave",
+    "lookahead_task",
     "ADDING_BASELINE_MSE",
     "SINE_BASELINE_MSE",
     "copy_task_baseline",
@@ -141,6 +146,48 @@ def copy_task(n: int, T: int, rng, length: int = 5, n_symbols: int = 8
     return x, y, mask
 
 
+def lookahead_task(n: int, T: int, rng, delay: int = 4, n_symbols: int = 8
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Name, at each step, the symbol that comes ``delay`` steps later: y_t = x_{t + delay}.
+
+    The inputs are independent uniform symbols, so the target is independent of everything up
+    to step t: a unidirectional network cannot do better than guessing (the baseline ln
+    n_symbols, whatever its size or memory), while a bidirectional network's reverse direction
+    has read x_{t + delay} when it reaches t and can reach zero loss (it must carry a symbol
+    back ``delay`` steps).
+
+    Parameters
+    ----------
+    n : int, sequences (B)
+    T : int > delay, total steps
+    rng : numpy.random.Generator or int seed
+    delay : int, default 4
+    n_symbols : int, default 8
+
+    Returns
+    -------
+    x : (T, n) intp token indices in [0, n_symbols)  -> ``input_size = n_symbols``
+    y : (T, n) intp classes: x_{t + delay}, and 0 for the last ``delay`` steps (masked)
+        -> ``output_size = n_symbols``, softmax, cross_entropy
+    mask : (T, n) bool, True for t < T - delay (the steps that have a target). All T steps
+        are real input: a bidirectional network must read them all, so pass
+        ``lengths=np.full(n, T)`` with this mask (otherwise it would be taken as lengths).
+    """
+    n = check_positive_int("n", n)
+    T = check_positive_int("T", T)
+    delay = check_positive_int("delay", delay)
+    n_symbols = check_positive_int("n_symbols", n_symbols)
+    if T <= delay:
+        raise ValueError(f"T must exceed delay = {delay} (some step needs a target {delay} steps later); got {T}")
+    rng = _rng(rng)
+    x = rng.integers(0, n_symbols, size=(T, n)).astype(np.intp)
+    y = np.zeros((T, n), dtype=np.intp)
+    y[: T - delay] = x[delay:]
+    mask = np.zeros((T, n), dtype=bool)
+    mask[: T - delay] = True
+    return x, y, mask
+
+
 def copy_task_baseline(n_symbols: int = 8) -> float:
     """ln(n_symbols): mean cross-entropy per recall step of the memoryless uniform guess."""
     return math.log(check_positive_int("n_symbols", n_symbols))
@@ -230,4 +277,7 @@ TASKS = {
                  "cross-entropy of guessing uniformly among the 8 symbols"),
     "sine": Task("sine", sine_wave, 1, 1, "identity", "mse", SINE_BASELINE_MSE,
                  "MSE of always predicting 0"),
+    "lookahead": Task("lookahead", lookahead_task, 8, 8, "softmax", "cross_entropy", math.log(8),
+                      "cross-entropy of guessing uniformly among the 8 symbols, the best a "
+                      "unidirectional network can do"),
 }
