@@ -72,3 +72,22 @@ def test_seed_sequences_and_generators_are_accepted(vocab):
     m = rnngrad.RNN(4, 8, 4, seed=2)
     a = sample(m, vocab, 20, seed=[3, 4])
     assert a == sample(m, vocab, 20, seed=np.random.default_rng([3, 4]))
+
+
+def test_a_stacked_model_samples_from_its_full_state(vocab):
+    """Greedy sampling (a tiny temperature) of a two-layer model equals the argmax chain computed
+    from whole-sequence forward passes, so the state of every layer is carried between draws."""
+    m = rnngrad.RNN(len(vocab), 5, len(vocab), num_layers=2, seed=3)
+    m.params["W_y"] *= 20  # distinct logits: the argmax is well separated
+    text = sample(m, vocab, 6, prime="ab", temperature=1e-6, seed=0)
+    seq = "ab"
+    for _ in range(6):
+        logits = m.forward(vocab.encode(seq)[:, None]).a[-1, 0]
+        seq += vocab.chars[int(np.argmax(logits))]
+    assert text == seq[2:]
+
+
+def test_a_bidirectional_model_cannot_sample(vocab):
+    m = rnngrad.RNN(len(vocab), 3, len(vocab), bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="a bidirectional model cannot generate text"):
+        sample(m, vocab, 5, prime="a")
