@@ -279,3 +279,30 @@ def test_clip_value_clamps_the_gradients_the_optimizer_gets(tmp_path, text_file,
             clip_value, max(float(np.abs(grads[k]).max()) for k in t.model.params)))
         t.step()
     assert seen[None] > 1e-3 and seen[1e-3] == pytest.approx(1e-3)
+
+
+def test_a_non_finite_validation_loss_stops_before_any_row_or_checkpoint(tmp_path):
+    """The training loss of step 0 is finite, the update explodes the ReLU network, and the
+    validation loss after it is NaN: the run stops as diverged; metrics.jsonl keeps only the
+    step-0 row (valid JSON, no NaN token) and no checkpoint of the diverged model is written."""
+    cfg = TrainConfig(task="adding", chunk_len=20, hidden_size=16, hidden_activation="relu",
+                      recurrent_init="identity", lr=100.0, clip_norm=None, optimizer="sgd", steps=1,
+                      task_train_size=64, task_val_size=32, batch_size=32, log_every=1, checkpoint_every=1)
+    t = Trainer(cfg, tmp_path)
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=(
+            r"training diverged at step 1: the validation loss is nan; lower --lr or set --clip-norm")):
+        t.run()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0]
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_metrics_rows_are_strict_json_with_null_for_non_finite_values():
+    from rnngrad.train import LogRow
+
+    row = LogRow(step=3, epoch=0.5, train_loss=float("inf"), val_loss=1.0, grad_norm=float("nan"),
+                 tokens_per_s=None, elapsed_s=0.1)
+    text = row.to_json()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"step": 3, "epoch": 0.5, "train_loss": None, "val_loss": 1.0,
+                                "grad_norm": None, "tokens_per_s": None, "elapsed_s": 0.1}

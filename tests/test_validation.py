@@ -261,3 +261,21 @@ def test_need_accepts_a_name_a_set_or_nothing(model, data):
     assert set(all_grads(model.gradients(x, y, need="dh0"))) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h", "h0"}
     assert "x" in all_grads(model.gradients(x, y, need={"dx"}))
     assert set(all_grads(model.gradients(x, y, need=[]))) == {"W_x", "W_h", "b_h", "W_y", "b_y", "h"}
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_non_native_integer_indices_are_read_as_their_values(order):
+    """Token inputs and class targets in either byte order: valid ones accepted with the same
+    result as native integers, out-of-range ones refused with their true values."""
+    model = rnngrad.RNN(5, 3, 4, seed=0)
+    x = np.array([[0, 4], [3, 1]], dtype=f"{order}i8")
+    y = np.array([[1, 3], [0, 2]], dtype=f"{order}i8")
+    native = model.gradients(x.astype(np.int64), y.astype(np.int64))
+    res = model.gradients(x, y)
+    assert res.loss == native.loss
+    with pytest.raises(ValueError, match=r"x holds token indices, which must lie in \[0, input_size=5\); "
+                                         r"got values from 0 to 5"):
+        model.gradients(np.array([[0, 5]], dtype=f"{order}i8"), y[:1])
+    with pytest.raises(ValueError, match=r"y holds class indices, which must lie in \[0, output_size=4\); "
+                                         r"got values from -1 to 3"):
+        model.gradients(x, np.array([[-1, 3], [0, 2]], dtype=f"{order}i8"))

@@ -284,7 +284,10 @@ class LogRow:
     elapsed_s: float
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """One JSON object, valid JSON Lines: a non-finite number is written as null (JSON has no
+        NaN or Infinity; Python's json would write the non-standard tokens)."""
+        return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                           for k, v in asdict(self).items()}, allow_nan=False)
 
 
 @dataclass
@@ -436,8 +439,16 @@ class Trainer:
         return Path(path)
 
     # --- the loop ------------------------------------------------------------------------
+    def _diverged(self, what: str) -> FloatingPointError:
+        fix = "lower --lr" if self.config.clip_norm else "lower --lr or set --clip-norm"
+        return FloatingPointError(f"training diverged at step {self.progress.step}: {what}; {fix} "
+                                  f"(the last checkpoint, if any, is from before)")
+
     def _log(self, val_loss: float, first_loss: float | None = None) -> LogRow:
         p = self.progress
+        # A diverged model must not be logged or saved: the run stops here, before either.
+        if not math.isfinite(val_loss):
+            raise self._diverged(f"the validation loss is {val_loss}")
         if first_loss is not None:  # the row before any update
             train_loss, grad_norm, tps = first_loss, None, None
         else:
@@ -469,14 +480,10 @@ class Trainer:
         if cfg.clip_value:
             clip_grad_value(grads, cfg.clip_value)
         if not (math.isfinite(norm) and math.isfinite(res.loss)):
-            raise FloatingPointError(
-                f"training diverged at step {p.step}: loss {res.loss}, gradient norm {norm}; "
-                f"lower --lr or set --clip-norm")
+            raise self._diverged(f"loss {res.loss}, gradient norm {norm}")
         self.optimizer.step(grads)
         if not all(all_finite(v) for v in self.model.params.values()):
-            raise FloatingPointError(
-                f"training diverged at step {p.step}: the parameters overflowed to Inf/NaN; "
-                f"lower --lr or set --clip-norm")
+            raise self._diverged("the parameters overflowed to Inf/NaN")
         if self.data.kind == "text":
             self.h = res.h_last
         p.step += 1

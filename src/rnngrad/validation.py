@@ -116,6 +116,10 @@ def as_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be a rectangular array of numbers (ragged nested lists are not)") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers; got an array of dtype {arr.dtype}")
+    if not arr.dtype.isnative:
+        # Big-endian data (from a file, say): the value checks below read the raw bytes of
+        # native integers, so convert first (the same numbers, in this machine's byte order).
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)
     return arr
