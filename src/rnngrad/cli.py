@@ -140,6 +140,10 @@ def _format_row(row, steps: int) -> str:
 _RESUME_MAY_CHANGE = ("steps", "time_budget")
 
 
+def _warn(message: str) -> None:
+    print(f"rnngrad train: warning: {message}", file=sys.stderr)
+
+
 def _cmd_train(args) -> int:
     from .train import CHECKPOINT, LOSS_PLOT, METRICS, TrainConfig, Trainer
 
@@ -155,7 +159,7 @@ def _cmd_train(args) -> int:
             raise ValueError(
                 "--resume continues a run with its saved settings; only --steps and --time-budget may change "
                 f"(got {', '.join('--' + n.replace('_', '-') for n in fixed)})")
-        trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget)
+        trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget, warn=_warn)
         out = Path(args.resume)
         print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
     else:
@@ -180,7 +184,7 @@ def _cmd_train(args) -> int:
         print(f"data: {trainer.data.source}; baseline {trainer.data.baseline:.4f} ({trainer.data.baseline_note})")
         print(f"output folder: {out}")
     cfg = trainer.config
-    trainer.warn = lambda message: print(f"rnngrad train: warning: {message}", file=sys.stderr)
+    trainer.warn = _warn
 
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}

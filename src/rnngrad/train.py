@@ -22,7 +22,6 @@ text, comparable with the uniform baseline ln V.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import numbers
 import time
@@ -38,6 +37,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint,
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
 from . import network
 from .engines import get_engine
+from .metrics import LogRow, parse_metrics
 from .model import RNN
 from .optim import OPTIMIZERS, clip_grad_norm, clip_grad_value, make_optimizer
 from .validation import FLOAT_DTYPES, all_finite, check_choice, check_positive_int, check_real, check_seed
@@ -272,25 +272,6 @@ class TaskData:
 
 
 @dataclass
-class LogRow:
-    """One line of metrics.jsonl."""
-
-    step: int
-    epoch: float
-    train_loss: float
-    val_loss: float
-    grad_norm: float | None
-    tokens_per_s: float | None
-    elapsed_s: float
-
-    def to_json(self) -> str:
-        """One JSON object, valid JSON Lines: a non-finite number is written as null (JSON has no
-        NaN or Infinity; Python's json would write the non-standard tokens)."""
-        return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                           for k, v in asdict(self).items()}, allow_nan=False)
-
-
-@dataclass
 class Progress:
     """The counters of a run (saved in the checkpoint)."""
 
@@ -363,8 +344,10 @@ class Trainer:
         return path
 
     @classmethod
-    def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None) -> "Trainer":
-        """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit)."""
+    def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None,
+               warn: Callable[[str], None] | None = None) -> "Trainer":
+        """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit);
+        ``warn`` receives one-line warnings (skipped metric rows), from the start."""
         out_dir = Path(out_dir)
         path, meta, arrays = load_training_checkpoint(out_dir)
         try:
@@ -389,6 +372,8 @@ class Trainer:
                     f"resume needs the same data")
             model = model_from_checkpoint(meta, arrays)
             trainer = cls(config, out_dir, model=model, data=data)
+            if warn is not None:
+                trainer.warn = warn
             opt = {k: v for k, v in meta["optimizer"].items() if k != "name"}
             opt.update({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
             if meta["optimizer"]["name"] != trainer.optimizer.name:
@@ -401,20 +386,21 @@ class Trainer:
         # Keep exactly the metric rows the checkpoint has seen; later ones (written after
         # the last save, before the interruption) are recomputed by the resumed run.
         trainer.progress.rows = [r for r in trainer.read_metrics() if r["step"] <= trainer.progress.step]
-        atomic_write(out_dir / METRICS, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in trainer.progress.rows)),
-                     mode="w")
+        atomic_write(out_dir / METRICS, lambda fh: fh.write("".join(LogRow(**r).to_json() + "\n"
+                                                                for r in trainer.progress.rows)), mode="w")
         return trainer
 
     def read_metrics(self) -> list[dict]:
+        """The valid rows of metrics.jsonl (see :mod:`rnngrad.metrics`); skipped lines are reported
+        through :attr:`warn` in one line."""
         path = self.out_dir / METRICS
         if not path.exists():
             return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash: everything after it is redone
+        rows, skipped = parse_metrics(path.read_text(encoding="utf-8", errors="replace"))
+        if skipped:
+            shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+            self.warn(f"{path}: skipped {len(skipped)} unreadable, invalid or out-of-order "
+                      f"row{'s' if len(skipped) > 1 else ''} (line{'s' if len(skipped) > 1 else ''} {shown})")
         return rows
 
     def write_plot(self) -> Path | None:
