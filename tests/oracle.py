@@ -172,35 +172,44 @@ def deep_reference(rnn_state, linear_state, x, y, *, num_layers, bidirectional, 
 
 def nn_rnn_reference(rnn_state, linear_state, x, y, *, num_layers, bidirectional, hidden="tanh",
                      output="softmax", loss="cross_entropy", h0=None, mask=None, reduction="sum",
-                     dtype=torch.float64):
+                     dtype=torch.float64, batch_first=False):
     """The same through torch.nn.RNN itself (tanh or relu), with pack_padded_sequence for a mask.
 
     Returns (loss, grads, h_n) with grads keyed as nn.RNN's parameters plus "linear.weight",
     "linear.bias", "dh_top" (T, B, C) dL/d(the top layer's output), "dy_hat", "x", "h0".
+    With ``batch_first``, x, y and mask are (B, T, ...) and nn.RNN runs with batch_first=True
+    (pack_padded_sequence and pad_packed_sequence too); "dh_top", "dy_hat" and "x" are then
+    (B, T, ...), h0 and h_n stay (U, B, H).
     """
     D = np.asarray(rnn_state["weight_ih_l0"]).shape[1]
     H = np.asarray(rnn_state["weight_hh_l0"]).shape[0]
     rnn = torch.nn.RNN(D, H, num_layers=num_layers, nonlinearity=hidden, bidirectional=bidirectional,
-                       dtype=dtype)
+                       dtype=dtype, batch_first=batch_first)
     rnn.load_state_dict({k: _torch(v, dtype) for k, v in rnn_state.items()})
     lin = torch.nn.Linear(2 * H if bidirectional else H, np.asarray(linear_state["weight"]).shape[0], dtype=dtype)
     lin.load_state_dict({k: _torch(v, dtype) for k, v in linear_state.items()})
     X, tokens = _inputs(x, D, dtype)
-    T, B = X.shape[:2]
+    T, B = X.shape[:2][::-1] if batch_first else X.shape[:2]
+    time_axis = 1 if batch_first else 0
     U = num_layers * (2 if bidirectional else 1)
     H0 = (torch.zeros(U, B, H, dtype=dtype) if h0 is None else _torch(np.asarray(h0).reshape(U, B, H), dtype))
     H0.requires_grad_(True)
     if mask is None:
         out, h_n = rnn(X, H0)
     else:
-        lengths = torch.tensor(np.asarray(mask, dtype=bool).sum(0))
-        packed = torch.nn.utils.rnn.pack_padded_sequence(X, lengths, enforce_sorted=False)
+        lengths = torch.tensor(np.asarray(mask, dtype=bool).sum(time_axis))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(X, lengths, batch_first=batch_first, enforce_sorted=False)
         out, h_n = rnn(packed, H0)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
     out.retain_grad()
     y_hats = OUTPUT[output](lin(out))
     y_hats.retain_grad()
-    L = _loss_from_outputs(y_hats, y, mask, loss, output, reduction, dtype)
+    if batch_first:  # the loss reads time-major rows
+        L = _loss_from_outputs(y_hats.transpose(0, 1), np.asarray(y).swapaxes(0, 1),
+                               None if mask is None else np.asarray(mask).swapaxes(0, 1), loss, output,
+                               reduction, dtype)
+    else:
+        L = _loss_from_outputs(y_hats, y, mask, loss, output, reduction, dtype)
     L.backward()
     grads = {k: p.grad.numpy() for k, p in rnn.named_parameters()}
     grads["linear.weight"], grads["linear.bias"] = lin.weight.grad.numpy(), lin.bias.grad.numpy()

@@ -59,6 +59,13 @@ def params_from_torch(rnn_state: Mapping, linear_state: Mapping, shapes: Mapping
             raise TypeError(f"{name} must be a state dict (a mapping such as module.state_dict()); "
                             f"got {type(state).__name__}")
     expected, params = set(), {}
+    # Keys of another architecture first: a bidirectional state's deeper layers would otherwise
+    # fail on their shape, with a message that does not say why.
+    unknown = sorted(set(rnn_state) - {key for k in range(num_layers) for d in range(directions)
+                                       for key in torch_keys(k, d)})
+    if unknown:
+        raise ValueError(f"rnn_state has keys this model does not have: {unknown}; check num_layers and "
+                         f"bidirectional (proj_size and other nn.RNN variants are not supported)")
     for k in range(num_layers):
         for d in range(directions):
             keys = torch_keys(k, d)
@@ -82,10 +89,6 @@ def params_from_torch(rnn_state: Mapping, linear_state: Mapping, shapes: Mapping
                 _expect(f"rnn_state[{key!r}]", arr, shapes[b_h], b_h)
                 b = b + arr
             params[b_h] = b
-    unknown = sorted(set(rnn_state) - expected)
-    if unknown:
-        raise ValueError(f"rnn_state has keys this model does not have: {unknown}; check num_layers and "
-                         f"bidirectional (proj_size and other nn.RNN variants are not supported)")
     if set(linear_state) != {"weight", "bias"}:
         raise ValueError(f"linear_state must have exactly the keys 'weight' and 'bias' (nn.Linear); "
                          f"got {sorted(linear_state)}")

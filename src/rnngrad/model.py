@@ -251,7 +251,8 @@ class RNN:
         if dropout_masks is not None:
             if dropout_seed is not None:
                 raise ValueError("give dropout_seed or dropout_masks, not both")
-            if isinstance(dropout_masks, np.ndarray) or len(dropout_masks) != levels:
+            if (isinstance(dropout_masks, np.ndarray) or not hasattr(dropout_masks, "__len__")
+                    or len(dropout_masks) != levels):
                 raise ValueError(f"dropout_masks must be a list of num_layers - 1 = {levels} arrays of shape "
                                  f"(T, B, C) = ({T}, {B}, {C}), such as res.forward.dropout_masks")
             out = []
