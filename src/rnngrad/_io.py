@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by checkpoints, metrics and figures."""
+"""Atomic file writes, shared by checkpoints, metrics and figures; the run folder's lock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "FolderLock", "FolderBusy", "make_new_folder", "LOCK_FILE"]
 
 
 def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
@@ -42,3 +42,72 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
             pass
         raise
     return path
+
+
+LOCK_FILE = ".rnngrad.lock"
+
+
+class FolderBusy(ValueError):
+    """Another process is writing into the run folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a run folder, held while one process writes into it.
+
+    ``fcntl.flock`` on ``folder/.rnngrad.lock``: an operating-system lock that dies with its
+    process, so a run killed with SIGKILL never leaves a stale lock behind (the file itself stays,
+    empty of meaning, and the next run takes the lock at once). The holder writes its process id
+    into the file so that a refused second writer can name it. Where ``fcntl`` does not exist
+    (Windows), no lock is taken.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "FolderLock":
+        if self._fh is not None:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise FolderBusy(f"run folder {str(self.folder)!r} is in use by process {holder}, which is still "
+                             f"writing into it; wait for it to finish (then --resume it), or choose another "
+                             f"folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+
+def make_new_folder(base: Path) -> Path:
+    """Create and return ``base``, or ``base-2``, ``base-3``, ... if it exists: mkdir either creates
+    the folder or fails, so two runs started in the same second never share one."""
+    path, n = Path(base), 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = Path(base).with_name(f"{Path(base).name}-{n}")

@@ -23,6 +23,7 @@ from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
 from .model import RECURRENT_INITS, RNN
+from ._io import make_new_folder
 from .validation import FLOAT_DTYPES
 
 __all__ = ["main", "build_parser"]
@@ -103,13 +104,9 @@ def _cmd_gradcheck(args) -> int:
 # --- train ---------------------------------------------------------------------------------
 
 def _new_run_dir(name: str) -> Path:
-    """runs/<date>-<time>-<name> under the current directory, never an existing folder."""
-    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    """runs/<date>-<time>-<name> under the current directory, created now: never an existing
+    folder, nor one that another run started in the same second also chose."""
+    return make_new_folder(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
 
 
 class _StopFlag:

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._io import atomic_write
+from ._io import FolderLock, atomic_write
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
 from . import network
@@ -312,6 +312,8 @@ class Trainer:
         # fresh allocations). Safe because a step's gradients are used up before the next step;
         # h_last, which is carried, is a copy.
         self.workspace = Workspace()
+        # Held from the first write into out_dir (resume, or run) until run() returns.
+        self.lock = FolderLock(self.out_dir)
         # The step of the last save, while nothing changed since (so run() need not save it again).
         self._saved_at: int | None = None
         self.plot_note: str | None = "not drawn yet"  # why the last write_plot wrote nothing (None: it wrote one)
@@ -350,6 +352,16 @@ class Trainer:
         ``warn`` receives one-line warnings (skipped metric rows), from the start."""
         out_dir = Path(out_dir)
         path, meta, arrays = load_training_checkpoint(out_dir)
+        # Before anything is rewritten: a run still writing here, or a second resume, is refused.
+        lock = FolderLock(out_dir).acquire()
+        try:
+            return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resumed(cls, out_dir, path, meta, arrays, lock, steps, time_budget, warn) -> "Trainer":
         try:
             config = TrainConfig.from_dict(meta["config"])
             saved_step = int(meta["progress"]["step"])
@@ -372,6 +384,7 @@ class Trainer:
                     f"resume needs the same data")
             model = model_from_checkpoint(meta, arrays)
             trainer = cls(config, out_dir, model=model, data=data)
+            trainer.lock = lock
             if warn is not None:
                 trainer.warn = warn
             opt = {k: v for k, v in meta["optimizer"].items() if k != "name"}
@@ -486,10 +499,23 @@ class Trainer:
         """Train until ``config.steps`` (or the time budget); returns "done", "time" or "stopped".
 
         ``should_stop`` is polled after every step (the CLI sets it from SIGINT/SIGTERM);
-        when it turns true the run saves its checkpoint and returns "stopped".
+        when it turns true the run saves its checkpoint and returns "stopped". The run folder is
+        locked for the whole call: another process writing into it is refused (FolderBusy).
         """
+        self.lock.acquire()
+        try:
+            return self._run(should_stop, on_log, on_sample, on_step)
+        finally:
+            self.lock.release()
+
+    def _run(self, should_stop, on_log, on_sample, on_step) -> str:
         cfg, p = self.config, self.progress
         if p.step == 0 and not p.rows:
+            # Checked under the lock: a run that finished in this folder since this one was set up
+            # (two commands started together, say) is never overwritten.
+            if self.checkpoint_path.exists():
+                raise ValueError(f"{str(self.out_dir)!r} already holds a run; continue it with "
+                                 f"Trainer.resume (rnngrad train --resume {self.out_dir}), or choose another folder")
             # A new run: metrics.jsonl starts afresh, replacing (atomically) any file an earlier run
             # left in the folder; a resumed run appends to the rows its checkpoint has seen.
             atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
