@@ -11,7 +11,7 @@ import pytest
 
 import rnngrad
 import rnngrad.checkpoint as ckpt
-from rnngrad.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from rnngrad.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, model_meta, save_checkpoint
 
 
 @pytest.fixture
@@ -157,3 +157,85 @@ def test_numpy_is_told_not_to_pickle_either(tmp_path, model, monkeypatch):
     with pytest.raises(ValueError, match="allow_pickle=False"):
         save_checkpoint(tmp_path / "c.npz", model, arrays={"a/b": np.array([object()], dtype=object)})
     assert not (tmp_path / "c.npz").exists()
+
+
+# --- hostile files ---------------------------------------------------------------------------
+
+def _npz_with(path, members: dict, compress=True):
+    """A zip of raw .npy members (bytes), as np.savez writes them."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name + ".npy", data)
+    return path
+
+
+def _npy_bytes(arr) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _good_members(model):
+    meta = {"format": "rnngrad-checkpoint", "version": 2, "model": model_meta(model)}
+    members = {"meta": _npy_bytes(np.array(json.dumps(meta)))}
+    members.update({f"param/{k}": _npy_bytes(v) for k, v in model.params.items()})
+    return members
+
+
+def test_a_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path):
+    """306 bytes that declare a (10^12,) float32 array: refused in one line from the header."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    model = rnngrad.RNN(3, 4, 2, seed=0)
+    members = _good_members(model)
+    members["param/W_h"] = buf.getvalue() + b"\0" * 16
+    path = _npz_with(tmp_path / "huge.npz", members)
+    with pytest.raises(CheckpointError, match=r"'param/W_h' declares shape \(1000000000000,\) of float32 "
+                                              r"\(4000000000000 bytes\) but its member holds"):
+        load_checkpoint(path)
+
+
+def test_an_unknown_member_is_never_decompressed(tmp_path, monkeypatch):
+    """A zip bomb under a name the reader does not know: not read at all (no time, no memory)."""
+    model = rnngrad.RNN(3, 4, 2, seed=0)
+    members = _good_members(model)
+    members["bomb"] = _npy_bytes(np.zeros(50_000_000, dtype=np.uint8))  # 50 MB of zeros, ~50 kB zipped
+    path = _npz_with(tmp_path / "bomb.npz", members)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open",
+                        lambda self, name, *a, **k: opened.append(getattr(name, "filename", name)) or
+                        real_open(self, name, *a, **k))
+    meta, arrays = load_checkpoint(path)
+    assert "bomb.npy" not in opened and "bomb" not in arrays
+    assert set(arrays) == {f"param/{k}" for k in model.params}
+
+
+def test_arrays_beyond_the_size_limit_are_refused_naming_the_limit(tmp_path):
+    model = rnngrad.RNN(3, 4, 2, seed=0)
+    path = save_checkpoint(tmp_path / "c.npz", model, arrays={"optim/big": np.zeros(10_000)})
+    with pytest.raises(CheckpointError, match=r"holds more than 1000 bytes of arrays.*max_bytes="):
+        load_checkpoint(path, max_bytes=1000)
+    assert load_checkpoint(path, groups=())[1].keys() == {f"param/{k}" for k in model.params}  # optim not read
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, bool])
+def test_parameters_of_another_dtype_are_refused(tmp_path, dtype):
+    model = rnngrad.RNN(3, 4, 2, seed=0)
+    members = _good_members(model)
+    members["param/W_x"] = _npy_bytes(model.params["W_x"].astype(dtype))
+    path = _npz_with(tmp_path / "c.npz", members)
+    with pytest.raises(CheckpointError, match=r"parameters must be float64 as the metadata says \(param/W_x is"):
+        model_from_checkpoint(*load_checkpoint(path))
+
+
+def test_a_memory_error_while_reading_is_one_line(tmp_path, monkeypatch):
+    model = rnngrad.RNN(3, 4, 2, seed=0)
+    path = save_checkpoint(tmp_path / "c.npz", model)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    with pytest.raises(CheckpointError, match="not a readable rnngrad checkpoint.*MemoryError: Unable to allocate"):
+        load_checkpoint(path)

@@ -306,3 +306,32 @@ def test_metrics_rows_are_strict_json_with_null_for_non_finite_values():
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"step": 3, "epoch": 0.5, "train_loss": None, "val_loss": 1.0,
                                 "grad_norm": None, "tokens_per_s": None, "elapsed_s": 0.1}
+
+
+@pytest.mark.parametrize("field, value", [("step", -3), ("step", 2.5), ("step", True), ("elapsed_s", float("nan"))])
+def test_resume_refuses_damaged_progress_counters(tmp_path, text_file, field, value):
+    from rnngrad.checkpoint import save_checkpoint
+    from rnngrad.train import load_training_checkpoint
+
+    Trainer(small(text_file, steps=5), tmp_path).run()
+    path, meta, arrays = load_training_checkpoint(tmp_path)
+    meta["progress"][field] = value
+    model = rnngrad.checkpoint.model_from_checkpoint(meta, arrays)
+    extra = {k: v for k, v in arrays.items() if not k.startswith("param/")}
+    save_checkpoint(path, model, {k: v for k, v in meta.items() if k not in ("format", "version", "model")}, extra)
+    with pytest.raises(CheckpointError, match=rf"progress\.{field} is"):
+        Trainer.resume(tmp_path)
+
+
+def test_resume_refuses_nan_optimizer_state(tmp_path, text_file):
+    from rnngrad.checkpoint import save_checkpoint
+    from rnngrad.train import load_training_checkpoint
+
+    Trainer(small(text_file, steps=5), tmp_path).run()
+    path, meta, arrays = load_training_checkpoint(tmp_path)
+    arrays["optim/exp_avg.W_h"][0, 0] = np.nan
+    model = rnngrad.checkpoint.model_from_checkpoint(meta, arrays)
+    extra = {k: v for k, v in arrays.items() if not k.startswith("param/")}
+    save_checkpoint(path, model, {k: v for k, v in meta.items() if k not in ("format", "version", "model")}, extra)
+    with pytest.raises(ValueError, match=r"state\['exp_avg.W_h'\] contains NaN or Inf"):
+        Trainer.resume(tmp_path)

@@ -25,6 +25,7 @@ A crash, Ctrl-C or full disk during a save leaves the previous checkpoint intact
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -37,7 +38,7 @@ from .losses import LOSSES
 from .model import RNN
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint",
-           "model_meta", "model_from_checkpoint", "FORMAT", "VERSION", "READABLE_VERSIONS"]
+           "model_meta", "model_from_checkpoint", "FORMAT", "VERSION", "READABLE_VERSIONS", "MAX_BYTES"]
 
 FORMAT = "rnngrad-checkpoint"
 VERSION = 2
@@ -110,22 +111,52 @@ def _plain_array(name: str, value) -> np.ndarray:
     return arr
 
 
-def load_checkpoint(path) -> tuple[dict, dict]:
+#: Default limit on the bytes a checkpoint's arrays may take once read (raise it with
+#: ``load_checkpoint(..., max_bytes=...)`` for a model that needs more).
+MAX_BYTES = 1 << 30
+_META_MAX_BYTES = 16 << 20  # the JSON metadata: vocabulary, configuration, numbers
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, path) -> tuple:
+    """(shape, dtype) that the .npy member declares, read from its first bytes only, after
+    checking that the declaration matches the member's size (so nothing is allocated for a
+    header that promises more than the file holds) and needs no pickle."""
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        header = fh.tell() if fh.seekable() else None
+    if dtype.hasobject or dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+        raise CheckpointError(f"{str(path)!r}: array {name!r} has dtype {dtype}, which a checkpoint never holds")
+    declared = math.prod(shape) * dtype.itemsize
+    if header is None or info.file_size != header + declared:
+        raise CheckpointError(f"{str(path)!r}: array {name!r} declares shape {shape} of {dtype} "
+                              f"({declared} bytes) but its member holds {info.file_size} bytes; the file is "
+                              f"corrupted or crafted")
+    return shape, dtype
+
+
+def load_checkpoint(path, groups=None, max_bytes: int = MAX_BYTES) -> tuple[dict, dict]:
     """Read a checkpoint: returns (meta dict, arrays dict keyed as saved).
 
-    Raises CheckpointError for a missing, truncated, corrupted or foreign file, and
-    never unpickles anything.
+    Only the metadata, the parameters and the arrays of ``groups`` (a collection of group
+    names such as ``("optim", "state")``; None: every group) are read; other members are never
+    decompressed. Each array's header is checked against its member's size before anything is
+    allocated, and the arrays read may take at most ``max_bytes`` in all. Raises CheckpointError
+    (one line) for a missing, truncated, corrupted, oversized or foreign file, and never
+    unpickles anything.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        arrays = _read_members(path, groups, max_bytes)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, MemoryError) as err:
         raise CheckpointError(
             f"{str(path)!r} is not a readable rnngrad checkpoint (truncated, corrupted or another "
-            f"kind of file): {err}") from None
+            f"kind of file): {type(err).__name__}: {err}") from None
     if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
         raise CheckpointError(f"{str(path)!r} is an .npz file but not an rnngrad checkpoint (no metadata)")
     try:
@@ -142,6 +173,32 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def _read_members(path: Path, groups, max_bytes: int) -> dict:
+    wanted = None if groups is None else {"param", *groups}
+    arrays, total = {}, 0
+    with zipfile.ZipFile(path) as zf:
+        members = []
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-len(".npy")]
+            group = name.split("/", 1)[0] if "/" in name else None
+            if name != "meta" and (group is None or (wanted is not None and group not in wanted)):
+                continue  # not a member this reader knows: never decompressed
+            shape, dtype = _member_header(zf, info, name, path)
+            total += info.file_size
+            limit = _META_MAX_BYTES if name == "meta" else max_bytes
+            if (info.file_size if name == "meta" else total) > limit:
+                raise CheckpointError(
+                    f"{str(path)!r} holds more than {limit} bytes of arrays (at {name!r}); a checkpoint of "
+                    f"this size is refused unless you raise the limit: load_checkpoint(path, max_bytes=...)")
+            members.append((name, info))
+        for name, info in members:
+            with zf.open(info) as fh:
+                arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+    return arrays
+
+
 def model_from_checkpoint(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> RNN:
     """Rebuild the RNN saved by :func:`save_checkpoint` (parameters checked for shape and finiteness)."""
     try:
@@ -153,6 +210,9 @@ def model_from_checkpoint(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> RN
                     num_layers=m.get("num_layers", 1), bidirectional=m.get("bidirectional", False),
                     dropout=m.get("dropout", 0.0), batch_first=m.get("batch_first", False))
         params = {name: arrays[f"param/{name}"] for name in model.params}
+        wrong = [f"param/{name} is {a.dtype}" for name, a in params.items() if a.dtype != model.dtype]
+        if wrong:
+            raise ValueError(f"parameters must be {model.dtype} as the metadata says ({'; '.join(wrong)})")
         extra = sorted(k for k in arrays if k.startswith("param/") and k[len("param/"):] not in model.params)
         if extra:
             raise ValueError(f"parameters {extra} do not belong to the model the metadata describes")

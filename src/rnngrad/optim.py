@@ -189,6 +189,8 @@ class Optimizer:
                         f"state[{key!r}] must be a real array of shape {self.params[k].shape}; "
                         f"got {a.dtype} of shape {a.shape}"
                     )
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise ValueError(f"state[{key!r}] contains NaN or Inf; the optimizer state is damaged")
                 arrays[key] = a
         step = np.asarray(d["step"])
         if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:

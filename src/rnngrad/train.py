@@ -147,7 +147,8 @@ def load_training_checkpoint(path) -> tuple[Path, dict, dict]:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
-    meta, arrays = load_checkpoint(path)
+    # Only the members a training checkpoint has: parameters, optimizer slots, carried state.
+    meta, arrays = load_checkpoint(path, groups=("optim", "state"))
     for key in ("config", "optimizer", "progress", "data"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no {key!r} section); "
@@ -285,6 +286,23 @@ class Progress:
     rows: list = field(default_factory=list)
 
 
+def _checked_progress(saved: dict) -> Progress:
+    """The saved counters, each of its type and non-negative (a crafted or damaged checkpoint
+    could hold a negative or fractional step, which would silently misplace the run)."""
+    if not isinstance(saved, dict) or set(saved) != {f.name for f in fields(Progress)} - {"rows"}:
+        raise CheckpointError(f"the checkpoint's progress section has keys {sorted(saved) if isinstance(saved, dict) else saved!r}; "
+                              f"expected {sorted(f.name for f in fields(Progress) if f.name != 'rows')}")
+    for f in fields(Progress):
+        if f.name == "rows":
+            continue
+        v = saved[f.name]
+        ok = (isinstance(v, int) if f.type in ("int", int) else isinstance(v, (int, float)) and math.isfinite(v))
+        if isinstance(v, bool) or not ok or v < 0:
+            raise CheckpointError(f"the checkpoint's progress.{f.name} is {v!r}; expected a non-negative "
+                                  f"{'integer' if f.type in ('int', int) else 'number'}")
+    return Progress(**saved)
+
+
 class Trainer:
     """Runs (or resumes) a training run in ``out_dir``.
 
@@ -392,7 +410,7 @@ class Trainer:
             if meta["optimizer"]["name"] != trainer.optimizer.name:
                 raise CheckpointError(f"checkpoint optimizer {meta['optimizer']['name']!r} does not match")
             trainer.optimizer.load_state_dict(opt)
-            trainer.progress = Progress(**meta["progress"])
+            trainer.progress = _checked_progress(meta["progress"])
             trainer.h = arrays.get("state/h")
         except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} is incomplete or damaged: {err}") from None
