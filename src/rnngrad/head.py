@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import Activation
+from .layer import ones
 from .losses import Loss, fused_path
 from .workspace import Workspace, buffer
 
@@ -148,7 +149,7 @@ def head_backward(h: np.ndarray, a: np.ndarray, y_hat: np.ndarray, y: np.ndarray
     grads = {
         "W_y": np.dot(da.T, h.reshape(N, C), out=buffer(ws, "dW_y", (O, C), dtype)),
         # A column sum as a product with a ones vector (see layer.layer_backward).
-        "b_y": np.dot(np.ones(N, dtype=dtype), da, out=buffer(ws, "db_y", (O,), dtype)),
+        "b_y": np.dot(ones(N, dtype), da, out=buffer(ws, "db_y", (O,), dtype)),
     }
     dh = np.dot(da, W_y, out=buffer(ws, "dh", (N, C), dtype)).reshape(T, B, C)
     return L, grads, dh, (None if dy_hat is None else dy_hat.reshape(T, B, O))

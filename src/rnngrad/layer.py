@@ -35,7 +35,7 @@ import numpy as np
 from .activations import Activation
 from .workspace import Workspace, buffer, empty
 
-__all__ = ["LayerCache", "layer_forward", "layer_backward", "input_projection",
+__all__ = ["LayerCache", "layer_forward", "layer_backward", "input_projection", "ones",
            "recurrence_forward", "recurrence_backward", "derivative_blocks", "input_weight_grad"]
 
 
@@ -58,6 +58,16 @@ class LayerCache:
     h: np.ndarray
     z: np.ndarray | None
     h_prev: np.ndarray
+
+
+def ones(n: int, dtype) -> np.ndarray:
+    """A vector of n ones: the left operand of the column sums below (``np.dot(ones, m)``).
+
+    np.empty + fill: np.ones goes through np.empty, np.copyto and a Python frame, about three
+    times the cost of this for the short vectors of a small model's call."""
+    out = np.empty(n, dtype=dtype)
+    out.fill(1)
+    return out
 
 
 def input_projection(x: np.ndarray, W_x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -195,12 +205,13 @@ def layer_forward(x: np.ndarray, h0: np.ndarray, W_x: np.ndarray, W_h: np.ndarra
     # When f' comes from h alone, h_t overwrites z_t in place: one (T, B, H) array.
     z = input_projection(x, W_x, out=buffer(workspace, key + "z", (T, B, H), dtype) if keep_z else h)
     engine.recurrence_forward(f, z, h0, W_h, b_h, h, workspace, key)
-    return LayerCache(x=x, h0=h0, h=h, z=z if keep_z else None, h_prev=states[:-1])
+    # Positional: a dataclass called with keywords costs twice as much (CPython packs them into a dict).
+    return LayerCache(x, h0, h, z if keep_z else None, states[:-1])  # x, h0, h, z, h_prev
 
 
 def layer_backward(cache: LayerCache, dh: np.ndarray, W_x: np.ndarray, W_h: np.ndarray, f: Activation,
                    engine, need_dx: bool = True, need_dh0: bool = True,
-                   workspace: Workspace | None = None, key: str = ""):
+                   workspace: Workspace | None = None, key: str = "", names=("W_x", "W_h", "b_h")):
     """Seed §3B and §3C for one layer.
 
     Parameters
@@ -213,7 +224,8 @@ def layer_backward(cache: LayerCache, dh: np.ndarray, W_x: np.ndarray, W_h: np.n
 
     Returns
     -------
-    (grads, dx, dh0): grads a dict of "W_x" (H, D), "W_h" (H, H), "b_h" (H,); dx (T, B, D) or
+    (grads, dx, dh0): grads a dict of dW_x (H, D), dW_h (H, H), db_h (H,) under ``names`` (the
+    layer's parameter names, default "W_x", "W_h", "b_h"); dx (T, B, D) or
     None; dh0 (B, H) or None.
     """
     x, h = cache.x, cache.h
@@ -226,13 +238,14 @@ def layer_backward(cache: LayerCache, dh: np.ndarray, W_x: np.ndarray, W_h: np.n
     dz_rows = dz.reshape(N, H)
     # Column sums as a product with a ones vector: NumPy's sum over the long axis of an
     # (N, small) array runs row by row and is ten times slower than this BLAS call.
-    ones = np.ones(N, dtype=dtype)
+    column_ones = ones(N, dtype)
     x_rows = x.reshape(N, -1) if x.ndim == 3 else x.reshape(N)
+    n_x, n_h, n_b = names
     grads = {
-        "W_x": input_weight_grad(x_rows, dz_rows, W_x.shape[1], engine,
-                                 out=buffer(ws, key + "dW_x", W_x.shape, dtype)),
-        "W_h": np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=buffer(ws, key + "dW_h", (H, H), dtype)),
-        "b_h": np.dot(ones, dz_rows, out=buffer(ws, key + "db_h", (H,), dtype)),
+        n_x: input_weight_grad(x_rows, dz_rows, W_x.shape[1], engine,
+                               out=buffer(ws, key + "dW_x", W_x.shape, dtype)),
+        n_h: np.dot(dz_rows.T, cache.h_prev.reshape(N, H), out=buffer(ws, key + "dW_h", (H, H), dtype)),
+        n_b: np.dot(column_ones, dz_rows, out=buffer(ws, key + "db_h", (H,), dtype)),
     }
     dx = None
     if need_dx and x.ndim == 3:

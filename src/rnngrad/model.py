@@ -242,7 +242,8 @@ class RNN:
                                  f"{lengths[b]}); padding adds no loss: clear the mask there")
         elif self.bidirectional and mask is not None:
             lengths = lengths_from_mask(mask)
-        masks = self._dropout_masks(T, B, dropout_seed, dropout_masks)
+        masks = None if dropout_seed is None and dropout_masks is None else \
+            self._dropout_masks(T, B, dropout_seed, dropout_masks)
         return params, x, h0, mask, lengths, masks
 
     def _dropout_masks(self, T: int, B: int, dropout_seed, dropout_masks):
@@ -377,16 +378,15 @@ class RNN:
         # The result is this call's own: shaped for the caller in place. dh is (T, B, H) for one
         # unit (whatever h0's shape), else (U, T, B, H); dh0 and h_last are shaped as h0.
         single = self._single_state(h0)
+        self._public(cache, single)
+        res.h_last = cache.h_last  # the same array (one view, not two, for a single unit)
         if arch.units == 1:
             res.dh = res.dh[0]
-        if single:
-            res.h_last = res.h_last[0]
-            if res.dh0 is not None:
-                res.dh0 = res.dh0[0]
+        if single and res.dh0 is not None:
+            res.dh0 = res.dh0[0]
         if self.batch_first:  # views: time and batch swapped back at the boundary
             res.dh = res.dh.swapaxes(-3, -2)
             res.dy_hat, res.dx = (None if a is None else a.swapaxes(0, 1) for a in (res.dy_hat, res.dx))
-        self._public(cache, single)
         return res
 
     def loss(self, x, y, h0=None, mask=None, reduction: str = "sum", workspace: Workspace | None = None,

@@ -154,10 +154,11 @@ def flip(arr: np.ndarray, index: np.ndarray | None) -> np.ndarray:
 
 
 def _final_states(h: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """(B, H) state after each sequence's last valid step (h_T without lengths); a copy."""
+    """(1, B, H) state after each sequence's last valid step (h_T without lengths); a copy, shaped
+    as one unit's slice of h_last (so one unit needs no further view)."""
     if lengths is None:
-        return h[-1].copy()
-    return h[lengths - 1, np.arange(h.shape[1])]
+        return h[-1:].copy()
+    return h[lengths - 1, np.arange(h.shape[1])][None]
 
 
 def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, engine,
@@ -188,11 +189,11 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
     for k in range(arch.num_layers):
         level = []
         for d in range(dirs):
-            W_x, W_h, b_h = (params[n] for n in layer_param_names(k, d))
+            n_x, n_h, n_b = layer_param_names(k, d)
             u = k * dirs + d
             key = f"u{u}." if u else ""  # the first unit keeps the workspace's plain names
-            cache = layer_forward(inp if d == 0 else flip(inp, index), h0[u], W_x, W_h, b_h, arch.f, engine,
-                                  workspace, key)
+            cache = layer_forward(inp if d == 0 else flip(inp, index), h0[u], params[n_x], params[n_h],
+                                  params[n_b], arch.f, engine, workspace, key)
             level.append(cache)
             finals.append(_final_states(cache.h, lengths))
         caches.extend(level)
@@ -206,8 +207,9 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
             out = out * dropout_masks[k]
         inp = out
     a, y_hat = head_forward(inp, params["W_y"], params["b_y"], arch.g, engine, workspace)
-    return Forward(x=x, h0=h0, h=inp, a=a, y_hat=y_hat, h_last=np.stack(finals) if len(finals) > 1 else
-                   finals[0][None], layers=caches, dropout_masks=dropout_masks, lengths=lengths)
+    h_last = finals[0] if len(finals) == 1 else np.concatenate(finals)
+    # Positional (x, h0, h, a, y_hat, h_last, layers, dropout_masks, lengths): keywords cost twice as much.
+    return Forward(x, h0, inp, a, y_hat, h_last, caches, dropout_masks, lengths)
 
 
 def loss(params: dict, cache: Forward, y: np.ndarray, w: np.ndarray | None, arch: Architecture, engine,
@@ -234,7 +236,8 @@ def backward(params: dict, cache: Forward, y: np.ndarray, w: np.ndarray | None, 
     :class:`Gradients`; its ``dh``, ``dh0`` and ``h_last`` are (U, T, B, H), (U, B, H), (U, B, H)
     here, for the caller to reshape.
     """
-    dirs, U = arch.directions, arch.units
+    dirs = arch.directions
+    U = arch.num_layers * dirs  # arch.units
     T, B = cache.x.shape[:2]
     index = None if cache.lengths is None else flip_index(cache.lengths, T)
     L, grads, dout, dy_hat = head_backward(cache.h, cache.a, cache.y_hat, y, w, params["W_y"], arch.g,
@@ -254,10 +257,9 @@ def backward(params: dict, cache: Forward, y: np.ndarray, w: np.ndarray | None, 
                 dh_u = np.ascontiguousarray(dout[..., :H])
             else:
                 dh_u = flip(dout[..., H:], index)
-            g, dx_u, dh0[u] = layer_backward(cache.layers[u], dh_u, params[names[0]], params[names[1]],
-                                             arch.f, engine, need_dx=need_dx, need_dh0="dh0" in need,
-                                             workspace=workspace, key=f"u{u}." if u else "")
-            layer_grads[u] = dict(zip(names, g.values()))
+            layer_grads[u], dx_u, dh0[u] = layer_backward(
+                cache.layers[u], dh_u, params[names[0]], params[names[1]], arch.f, engine, need_dx=need_dx,
+                need_dh0="dh0" in need, workspace=workspace, key=f"u{u}." if u else "", names=names)
             dh[u] = dh_u if d == 0 else flip(dh_u, index)
             if dx_u is not None:
                 dx_u = dx_u if d == 0 else flip(dx_u, index)
@@ -272,6 +274,6 @@ def backward(params: dict, cache: Forward, y: np.ndarray, w: np.ndarray | None, 
     for g in layer_grads:
         ordered.update(g)
     ordered.update(grads)
-    return Gradients(loss=L, grads=ordered, dh=dh[0][None] if U == 1 else np.stack(dh),
-                     dy_hat=dy_hat, dx=dx, dh0=None if dh0[0] is None else (dh0[0][None] if U == 1 else np.stack(dh0)),
-                     h_last=cache.h_last, forward=cache)
+    # Positional (loss, grads, dh, dy_hat, dx, dh0, h_last, forward): keywords cost twice as much.
+    return Gradients(L, ordered, dh[0][None] if U == 1 else np.stack(dh), dy_hat, dx,
+                     None if dh0[0] is None else (dh0[0][None] if U == 1 else np.stack(dh0)), cache.h_last, cache)

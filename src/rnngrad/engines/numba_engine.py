@@ -75,6 +75,14 @@ RECURRENCE_KERNELS = {"tanh": 0, "relu": 1, "sigmoid": 2, "identity": 3}
 #: N = 3200, about equal at 128, 1.2× slower at 256).
 MAX_SOFTMAX_OUTPUTS = 128
 
+# The dtypes the kernels are compiled for, as dtype objects: ``dtype in _KERNEL_DTYPES`` is an
+# identity hit (comparing a dtype with the scalar types np.float32, np.float64 converts them on
+# every call), and the per-dtype constants the kernels take are looked up, not rebuilt per call.
+_FLOAT32 = np.dtype(np.float32)
+_KERNEL_DTYPES = (_FLOAT32, np.dtype(np.float64))
+_ONE = {dt: dt.type(1) for dt in _KERNEL_DTYPES}
+_TINY = {dt: dt.type(np.finfo(dt).tiny) for dt in _KERNEL_DTYPES}
+
 
 class NumbaEngine(NumpyEngine):
     """Compiled time loops and output passes; the NumPy reference wherever they do not apply."""
@@ -91,7 +99,7 @@ class NumbaEngine(NumpyEngine):
         """The kernel code for hidden activation ``f`` on (B, H) steps of ``dtype``, or None for
         the NumPy loop (an activation without a kernel, another dtype, or a BLAS-sized step)."""
         code = RECURRENCE_KERNELS.get(f.kernel)
-        if code is None or dtype not in (np.float32, np.float64) or B * H * H > MAX_STEP_MACS:
+        if code is None or dtype not in _KERNEL_DTYPES or B * H * H > MAX_STEP_MACS:
             return None
         return code
 
@@ -104,19 +112,19 @@ class NumbaEngine(NumpyEngine):
         # view W_h.T, BLAS's transposed path made the (8, 64) @ (64, 64) steps of the
         # (1000, 8, 16, 64, 16) bench shape 0.88 instead of 0.61 µs each (numba 0.68, scipy 1.17).
         self.kernels._forward(z, np.ascontiguousarray(h0), np.ascontiguousarray(W_h.T),
-                              np.ascontiguousarray(b_h), code, z.dtype.type(1))
+                              np.ascontiguousarray(b_h), code, _ONE[z.dtype])
 
     def recurrence_backward(self, f, dh, h, z, W_h, dz):
         B, H = h.shape[1], h.shape[2]
         code = self.recurrence_code(f, B, H, h.dtype) if z is None else None
         if code is None:
             return NumpyEngine.recurrence_backward(f, dh, h, z, W_h, dz)
-        self.kernels._backward(dh, h, np.ascontiguousarray(W_h), code, dz, h.dtype.type(1))
+        self.kernels._backward(dh, h, np.ascontiguousarray(W_h), code, dz, _ONE[h.dtype])
 
     def output_activation(self, g, a, b_y, y_hat):
         # Float32 only: the kernels' own exp; in float64 they would call libm's exp per element
         # and lose to NumPy.
-        if a.dtype == np.float32 and (g.kernel == "sigmoid" or (
+        if a.dtype == _FLOAT32 and (g.kernel == "sigmoid" or (
                 g.kernel == "softmax" and a.shape[-1] <= MAX_SOFTMAX_OUTPUTS)):
             y_hat = np.empty_like(a) if y_hat is None else y_hat
             # One pass over the logits instead of NumPy's five (bias, row maximum, exp, row sum,
@@ -129,12 +137,15 @@ class NumbaEngine(NumpyEngine):
 
     def softmax_cross_entropy_index(self, y_hat, y, want_dy_hat, workspace=None):
         """As :func:`rnngrad.losses.softmax_cross_entropy_index`, in one kernel call."""
-        loss = np.empty(y_hat.shape[0], dtype=y_hat.dtype)
-        da = empty(workspace, "da", y_hat.shape, y_hat.dtype)
-        dy_hat = empty(workspace, "dy_hat", y_hat.shape if want_dy_hat else (0, 0), y_hat.dtype)
-        ok = self.kernels._softmax_cross_entropy_index(
-            np.ascontiguousarray(y_hat), y, y_hat.dtype.type(np.finfo(y_hat.dtype).tiny), loss, da, dy_hat,
-            want_dy_hat)
+        dtype = y_hat.dtype
+        tiny = _TINY.get(dtype)
+        if tiny is None:
+            tiny = dtype.type(np.finfo(dtype).tiny)
+        loss = np.empty(y_hat.shape[0], dtype=dtype)
+        da = empty(workspace, "da", y_hat.shape, dtype)
+        dy_hat = empty(workspace, "dy_hat", y_hat.shape if want_dy_hat else (0, 0), dtype)
+        ok = self.kernels._softmax_cross_entropy_index(np.ascontiguousarray(y_hat), y, tiny, loss, da, dy_hat,
+                                                       want_dy_hat)
         if not ok:
             return None
         return loss, da, (dy_hat if want_dy_hat else None)
