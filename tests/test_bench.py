@@ -9,7 +9,7 @@ import numpy as np
 from conftest import all_grads
 import pytest
 
-from rnngrad import bench
+from rnngrad import bench, bench_deep
 from rnngrad.cli import build_parser
 
 TINY = (4, 2, 3, 5, 3)
@@ -215,3 +215,186 @@ def test_round_ratio_cancels_a_change_of_machine_speed():
     b_blocks = [2.0] * 3 + [6.0] * 4
     assert bench._round_ratio(b_blocks, a_blocks) == 2.0
     assert float(np.median(b_blocks)) / float(np.median(a_blocks)) == 6.0
+
+
+# --- stacked and bidirectional networks (rnngrad.bench_deep) ----------------------------
+
+TINY_DEEP = (4, 2, 3, 5, 3, 2, True)
+
+
+def _has_jax():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_deep_shapes_are_the_issue_shapes():
+    assert bench.DEEP_SHAPES == ((100, 32, 64, 128, 64, 2, False), (100, 32, 64, 128, 64, 2, True),
+                                 (50, 64, 128, 512, 128, 3, True))
+    assert all(bench_deep.is_deep(s) for s in bench.DEEP_SHAPES + bench.TINY_DEEP_SHAPES)
+    assert not any(bench_deep.is_deep(s) for s in bench.SHAPES)
+
+
+def test_deep_flops_reduce_to_the_single_layer_count():
+    assert bench_deep.deep_flops((*TINY, 1, False)) == bench.matmul_flops(TINY)
+    T, B, D, H, O = TINY
+    N = T * B
+    # Two layers, both directions: layer 0 reads D, layer 1 reads 2H; the head reads 2H.
+    assert bench_deep.deep_flops((*TINY, 2, True)) == 2 * 6 * N * H * (D + H) + 2 * 6 * N * H * (2 * H + H) \
+        + 6 * N * 2 * H * O
+
+
+@pytest.mark.parametrize("shape", [TINY_DEEP, (4, 2, 3, 5, 3, 3, False), (3, 2, 3, 4, 3, 1, True)])
+def test_deep_agreement_with_torch(shape):
+    """rnngrad, both engines, against PyTorch (and JAX where installed) in float64."""
+    pytest.importorskip("torch")
+    report = bench_deep.check_deep_agreement(shape, use_torch=True, use_jax=_has_jax(), threads=1)
+    assert report["reference"] == "PyTorch" and report["passed"], report
+    K, bi = shape[5:]
+    model = bench_deep._model(shape, np.float64)
+    assert report["compared"] == ["loss", *model.params, "x", "h0"]
+    assert len(model.params) == 3 * K * (2 if bi else 1) + 2
+    assert {"rnngrad", "rnngrad (pure NumPy)"} <= set(report["max_rel_error"]) or not bench.numba_available()
+    assert all(e <= bench.AGREEMENT_RTOL for e in report["max_rel_error"].values())
+
+
+def test_deep_agreement_fails_loudly(monkeypatch):
+    """A contender that is off by a relative 1e-6 stops the bench before any timing."""
+    pytest.importorskip("torch")
+    real = bench_deep._rnngrad
+
+    def off(problem, engine, workspace=False):
+        run = real(problem, engine, workspace)
+
+        def wrong():
+            out = run()
+            out["grads"]["W_h_l1_reverse"] = out["grads"]["W_h_l1_reverse"] * (1 + 1e-6)
+            return out
+        return wrong
+
+    monkeypatch.setattr(bench_deep, "_rnngrad", off)
+    report = bench_deep.check_deep_agreement(TINY_DEEP, use_torch=True, use_jax=False, threads=1)
+    assert not report["passed"]
+    with pytest.raises(RuntimeError, match="disagree with PyTorch"):
+        bench.run_benchmark([TINY_DEEP], repeats=1, use_torch=True, use_jax=False, threads=1)
+
+
+def test_deep_agreement_without_torch_uses_the_numpy_engine():
+    report = bench_deep.check_deep_agreement(TINY_DEEP, use_torch=False, use_jax=False, threads=1)
+    assert report["passed"]
+    assert report["reference"] in ("rnngrad (pure NumPy)", bench.WORKSPACE)
+    assert "PyTorch" not in report["max_rel_error"]
+
+
+def test_jax_contender_agrees_in_float32_and_float64():
+    pytest.importorskip("jax")
+    for shape in (TINY_DEEP, (4, 2, 3, 5, 3, 1, False)):
+        report = bench_deep.check_deep_agreement(shape, use_torch=False, use_jax=True, threads=1)
+        assert report["passed"] and report["max_rel_error"]["JAX"] <= bench.AGREEMENT_RTOL, report
+        # The timed float32 call computes the same loss and gradients, in float32.
+        problem = bench_deep.make_deep_problem(shape, np.float32, seed=1)
+        ours = bench_deep._rnngrad(problem, "numpy")()
+        theirs = bench._collect(bench_deep._jax(problem))
+        assert theirs["grads"]["W_x"].dtype == np.float32
+        assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+        for key, value in ours["grads"].items():
+            assert bench._relative_error(theirs["grads"][key], value) < 1e-4, key
+
+
+def test_deep_memory_counts_every_returned_array():
+    """'returned' is every buffer the result holds (once each, inputs excluded): here counted by hand."""
+    T, B, D, H, O, K, bi = TINY_DEEP
+    problem = bench_deep.make_deep_problem(TINY_DEEP, np.float64, seed=0)
+    mem = bench.peak_memory(problem)
+    C, U, f = 2 * H, 2 * K, 8
+    params = sum(v.size for v in problem["params"].values())
+    assert mem["inputs_params_bytes"] == f * (T * B * D + U * B * H + params) + problem["y"].nbytes
+    returned = (params                           # grads
+                + U * T * B * H                  # dh (U, T, B, H)
+                + 3 * T * B * O                  # dy_hat, a, y_hat
+                + T * B * D + 2 * U * B * H      # dx, dh0, h_last
+                + U * (T + 1) * B * H            # each unit's states h_0..h_T (its h and h_prev are views)
+                + K * T * B * C)                 # each level's [forward; reverse] output: the next x, the top's h
+    # A reverse unit's cache.x is its input in flipped time: a copy (counted) unless it is a view.
+    model = bench_deep._model(TINY_DEEP, np.float64)
+    model.params = problem["params"]
+    res = model.gradients(problem["x"], problem["y"], h0=problem["h0"])
+    level_inputs = [problem["x"]] + [res.forward.layers[2 * k].x for k in range(1, K)]
+    for k in range(K):
+        rev = res.forward.layers[2 * k + 1].x
+        if not np.shares_memory(rev, level_inputs[k]):
+            returned += rev.size
+    assert mem["returned_bytes"] == f * returned
+    assert mem["peak_bytes"] == mem["inputs_params_bytes"] + mem["call_alloc_peak_bytes"]
+    assert mem["ratio"] == pytest.approx(mem["peak_bytes"] / (mem["inputs_params_bytes"] + f * returned))
+    # The single-layer accounting is unchanged by the generalisation.
+    single = bench.peak_memory(bench.make_problem(TINY, np.float64))
+    T, B, D, H, O = TINY
+    p = H * D + H * H + H + O * H + O
+    assert single["returned_bytes"] == 8 * (p + T * B * H + 3 * T * B * O + T * B * D + 2 * B * H + (T + 1) * B * H)
+
+
+def test_run_benchmark_deep_tiny_and_markdown():
+    result = bench.run_benchmark([TINY, TINY_DEEP], repeats=2, use_torch=_has_torch(), threads=1)
+    json.dumps(result)
+    assert [e["shape"] for e in result["shapes"]] == [list(TINY)]
+    (entry,) = result["deep_shapes"]
+    assert entry["shape"] == list(TINY_DEEP) and entry["agreement"]["passed"]
+    names = set(entry["contenders"])
+    assert "rnngrad" in names and ("PyTorch" in names) == _has_torch() and ("JAX" in names) == _has_jax()
+    assert result["machine"]["jax"] == bench_deep.jax_version()
+    assert entry["flops"] == bench_deep.deep_flops(TINY_DEEP)
+    t = entry["targets"]
+    assert t["memory_ratio"]["target"] == bench.MEMORY_TARGET
+    if _has_torch():
+        assert t["torch_ratio"]["target"] == bench.DEEP_TARGET
+        assert t["torch_ratio"]["met"] is (t["torch_ratio"]["measured"] >= bench.DEEP_TARGET)
+    text = bench.format_markdown(result)
+    assert "### (4, 2, 3, 5, 3), 2 layers, bidirectional" in text
+    assert "### Targets (stacked and bidirectional shapes)" in text
+    assert "| (4, 2, 3, 5, 3), 2 layers, bidirectional |" in text
+    assert ("met" in text) and ("| JAX |" in text) == _has_jax()
+    no_jax = bench.run_benchmark([TINY_DEEP], repeats=1, use_torch=False, use_jax=False, threads=1, check=False)
+    assert "JAX" not in no_jax["deep_shapes"][0]["contenders"] and no_jax["shapes"] == []
+
+
+def test_deep_targets_judged_round_by_round():
+    entry = {"contenders": {"rnngrad": {"round_medians_s": [1.0, 1.0, 3.0], "ratio_to_rnngrad": 1.0},
+                            bench.WORKSPACE: {"round_medians_s": [0.5, 0.5, 0.5]},
+                            "PyTorch": {"round_medians_s": [2.0, 6.0, 6.0]},
+                            "JAX": {"ratio_to_rnngrad": 1.2}},
+             "memory": {"ratio": 1.6}}
+    t = bench_deep._judge_deep(entry)
+    assert t["torch_ratio"]["measured"] == pytest.approx(2.0) and t["torch_ratio"]["met"]
+    assert t["torch_ratio_workspace"]["measured"] == pytest.approx(12.0)
+    assert not t["memory_ratio"]["met"] and t["jax_ratio"]["measured"] == 1.2
+
+
+@pytest.mark.parametrize("argv, deep, flat", [
+    (["--tiny"], bench.TINY_DEEP_SHAPES, bench.TINY_SHAPES),
+    (["--tiny", "--deep"], bench.TINY_DEEP_SHAPES, ()),
+    (["--deep"], bench.DEEP_SHAPES, ()),
+    ([], bench.DEEP_SHAPES, bench.SHAPES),
+    (["--shape", "3,2,4,5,3,2,1", "--shape", "3,2,4,5,3"], ((3, 2, 4, 5, 3, 2, True),), ((3, 2, 4, 5, 3),)),
+])
+def test_bench_chooses_shapes(monkeypatch, argv, deep, flat):
+    seen = {}
+
+    def fake(shapes, **kwargs):
+        seen["shapes"], seen["kwargs"] = list(shapes), kwargs
+        return {"machine": {}, "shapes": []}
+
+    monkeypatch.setattr(bench, "run_benchmark", fake)
+    monkeypatch.setattr(bench, "format_markdown", lambda result: "")
+    assert bench.main([*argv, "--no-jax"]) == 0
+    assert [s for s in seen["shapes"] if bench_deep.is_deep(s)] == list(deep)
+    assert [s for s in seen["shapes"] if not bench_deep.is_deep(s)] == list(flat)
+    assert seen["kwargs"]["use_jax"] is False
+
+
+@pytest.mark.parametrize("text", ["1,2,3,4,5,0,1", "1,2,3,4,5,2,2", "1,2,3,4,5,2", "1,2,3,4,5,2,1,1"])
+def test_bad_deep_shape_is_refused(text):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--shape", text])

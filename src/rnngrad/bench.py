@@ -23,8 +23,9 @@ the machine's speed between rounds cancels. FLOPs count the matrix products of f
 fraction of a large float32 matrix product timed in the same run. Peak memory of one
 gradients call is measured with :mod:`tracemalloc` (NumPy reports its buffers to it).
 
-The library part (:func:`run_benchmark`, :func:`format_markdown`) returns data and text; the
-command prints.
+Stacked and bidirectional networks (shapes of seven values, :data:`DEEP_SHAPES`; PyTorch and
+JAX) are timed the same way by :mod:`rnngrad.bench_deep`. The library part
+(:func:`run_benchmark`, :func:`format_markdown`) returns data and text; the command prints.
 """
 
 from __future__ import annotations
@@ -41,28 +42,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import bench_deep
 from ._io import atomic_write
 from .engines import numba_available, numba_version
 from .model import RNN
 from .workspace import Workspace
 
-__all__ = [
-    "SHAPES",
-    "TINY_SHAPES",
-    "TARGETS",
-    "make_problem",
-    "matmul_flops",
-    "textbook_gradients",
-    "check_agreement",
-    "run_benchmark",
-    "format_markdown",
-    "matmul_rate",
-    "peak_memory",
-    "summarise_blocks",
-    "rounds_for",
-    "register",
-    "main",
-]
+__all__ = ["SHAPES", "TINY_SHAPES", "TARGETS", "DEEP_SHAPES", "TINY_DEEP_SHAPES", "DEEP_TARGET", "make_problem",
+           "matmul_flops", "textbook_gradients", "check_agreement", "run_benchmark", "format_markdown",
+           "matmul_rate", "peak_memory", "summarise_blocks", "rounds_for", "register", "main"]
 
 #: (T, B, D, H, O) of issue 3.
 SHAPES = (
@@ -81,6 +69,10 @@ TARGETS = {
     (1000, 8, 16, 64, 16): (10.0, None),
     (50, 128, 128, 1024, 128): (1.3, 0.8),
 }
+#: (T, B, D, H, O, layers, bidirectional): stacked networks (rnngrad.bench_deep), target PyTorch / rnngrad.
+DEEP_SHAPES = ((100, 32, 64, 128, 64, 2, False), (100, 32, 64, 128, 64, 2, True), (50, 64, 128, 512, 128, 3, True))
+TINY_DEEP_SHAPES = ((5, 3, 4, 6, 3, 2, True),)
+DEEP_TARGET = 1.5
 MEMORY_TARGET = 1.5
 AGREEMENT_RTOL = 1e-10
 
@@ -393,10 +385,14 @@ def peak_memory(problem: dict) -> dict:
 
     peak = bytes of inputs and parameters (alive throughout) + tracemalloc's peak of what the
     call allocates (returned arrays and temporaries). ``ratio = peak / (inputs + params +
-    returned)``: 1.0 would mean no temporaries at all.
+    returned)``: 1.0 would mean no temporaries at all. Returned: every array the result holds
+    (grads, dh, dy_hat, dx, dh0, h_last, the forward cache's h, a, y_hat and each layer
+    cache's x, h, z), each buffer once and none that is an input's. A deep shape
+    (T, B, D, H, O, layers, bidirectional) measures that network.
     """
-    T, B, D, H, O = problem["shape"]
-    model = RNN(D, H, O, dtype=problem["x"].dtype)
+    T, B, D, H, O, *deep = problem["shape"]
+    K, bi = deep or (1, False)
+    model = RNN(D, H, O, num_layers=K, bidirectional=bool(bi), dtype=problem["x"].dtype)
     model.params = {k: v.copy() for k, v in problem["params"].items()}
     x, y, h0 = problem["x"], problem["y"], problem["h0"]
     model.gradients(x, y, h0=h0)  # compile kernels, warm caches outside the measurement
@@ -407,26 +403,29 @@ def peak_memory(problem: dict) -> dict:
         _, traced_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    inputs = _nbytes_unique([x, y, h0, *model.params.values()])
+    given = [x, y, h0, *model.params.values()]
+    inputs = _nbytes_unique(given)
     fwd = res.forward
-    returned = _nbytes_unique([*res.grads.values(), res.dh, res.dy_hat, res.dx, res.dh0, res.h_last, fwd.h,
-                               fwd.a, fwd.y_hat, *(c.z for c in fwd.layers if c.z is not None)])
+    returned = _nbytes_unique([*given, *res.grads.values(), res.dh, res.dy_hat, res.dx, res.dh0, res.h_last,
+                               fwd.h, fwd.a, fwd.y_hat, *(a for c in fwd.layers for a in (c.x, c.h0, c.h, c.z,
+                                                                                        c.h_prev))]) - inputs
     peak = inputs + traced_peak
     return {"inputs_params_bytes": inputs, "returned_bytes": returned, "call_alloc_peak_bytes": traced_peak,
             "peak_bytes": peak, "ratio": peak / (inputs + returned)}
 
 
-def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None = None,
+def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES + DEEP_SHAPES, repeats: int | None = None,
                   budget_s: float = 3.0, use_torch: bool = True, threads: int | None = None,
                   check: bool = True, seed: int = 0,
-                  progress: Callable[[str], None] | None = None) -> dict:
+                  progress: Callable[[str], None] | None = None, use_jax: bool = True) -> dict:
     """Agreement check, timings, rates and memory for each shape; a JSON-ready dict.
 
     Parameters
     ----------
-    shapes : sequence of (T, B, D, H, O)
+    shapes : sequence of (T, B, D, H, O), or of (T, B, D, H, O, layers, bidirectional) for
+        stacked/bidirectional networks (:mod:`rnngrad.bench_deep`; results under "deep_shapes")
     repeats : timed calls per contender, or None to fit about ``budget_s`` seconds per shape
-    use_torch : include PyTorch when it is importable
+    use_torch : include PyTorch when it is importable;  use_jax : JAX (deep shapes) when importable
     threads : threads for PyTorch (NumPy's BLAS uses its own default), default the cores
     check : run the float64 agreement check first (raises RuntimeError on disagreement)
     """
@@ -436,19 +435,20 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
     if use_torch and torch_version is None:
         note("PyTorch is not installed: timing without it (pip install torch==2.13.0 for the ratios)")
     use_torch = torch_version is not None
+    jax_version = bench_deep.jax_version() if use_jax else None
     note("timing a 2048 x 2048 float32 matrix product")
     peak_rate = matmul_rate()
     result = {
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": _cores(),
                     "python": platform.python_version(), "numpy": np.__version__,
-                    "torch": torch_version, "numba": numba_version(),
+                    "torch": torch_version, "numba": numba_version(), "jax": jax_version,
                     "kernels": numba_available(), "torch_threads": threads if use_torch else None},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dtype": "float32",
         "matmul_gflops": peak_rate,
         "shapes": [],
     }
-    for shape in shapes:
+    for shape in (s for s in shapes if not bench_deep.is_deep(s)):
         shape = tuple(int(s) for s in shape)
         entry = {"shape": list(shape)}
         if check:
@@ -476,6 +476,10 @@ def run_benchmark(shapes: Sequence[Sequence[int]] = SHAPES, repeats: int | None 
         if target is not None:
             entry["targets"] = _judge(entry, target)
         result["shapes"].append(entry)
+    deep = [s for s in shapes if bench_deep.is_deep(s)]
+    if deep:
+        result["deep_shapes"] = [bench_deep.run_deep_shape(s, repeats, budget_s, use_torch, jax_version is not None,
+                                                           threads, check, seed, peak_rate, note) for s in deep]
     return result
 
 
@@ -561,6 +565,8 @@ def format_markdown(result: dict) -> str:
             lines[-1] += (f" {rate:.0f}% / {rate_ws:.0f}% | "
                           f"{'>= %d%%' % round(100 * fr['target']) if fr else '-'} | "
                           f"{mr['measured']:.2f} | <= {mr['target']:g} | {met} |")
+    if result.get("deep_shapes"):
+        lines += ["", bench_deep.format_deep_markdown(result["deep_shapes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -568,13 +574,15 @@ def format_markdown(result: dict) -> str:
 
 
 def _shape(text: str) -> tuple:
+    error = (f"expected T,B,D,H,O (five positive integers) or T,B,D,H,O,LAYERS,BIDIRECTIONAL "
+             f"(seven: the last 0 or 1), got {text!r}")
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T,B,D,H,O (five positive integers), got {text!r}") from None
-    if len(shape) != 5 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected T,B,D,H,O (five positive integers), got {text!r}")
-    return shape
+        raise argparse.ArgumentTypeError(error) from None
+    if len(shape) not in (5, 7) or min(shape[:6]) < 1 or (len(shape) == 7 and shape[6] not in (0, 1)):
+        raise argparse.ArgumentTypeError(error)
+    return shape if len(shape) == 5 else (*shape[:6], bool(shape[6]))
 
 
 def _positive(kind):
@@ -590,14 +598,19 @@ def _positive(kind):
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shape", dest="shapes", type=_shape, action="append", metavar="T,B,D,H,O",
-                   help="benchmark this shape (repeatable); default the five shapes of issue 3")
+    p.add_argument("--shape", dest="shapes", type=_shape, action="append", metavar="T,B,D,H,O[,LAYERS,BIDIR]",
+                   help="benchmark this shape (repeatable; seven values: a stacked network, BIDIR 0 or 1); "
+                        "default the five shapes of issue 3 and the three deep shapes")
+    p.add_argument("--deep", action="store_true", help="only the stacked/bidirectional shapes "
+                   f"{', '.join(map(str, DEEP_SHAPES))}")
     p.add_argument("--tiny", action="store_true",
-                   help=f"one tiny shape {TINY_SHAPES[0]} with 3 repeats: a smoke test, not a measurement")
+                   help=f"tiny shapes {TINY_SHAPES[0]} and {TINY_DEEP_SHAPES[0]} (only the latter with --deep) "
+                        "with 3 repeats: a smoke test, not a measurement")
     p.add_argument("--repeats", type=_positive(int), default=None,
                    help="timed calls per contender (default: about --budget seconds per shape)")
     p.add_argument("--budget", type=_positive(float), default=3.0, help="seconds of timing per shape when --repeats is not given")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
+    p.add_argument("--no-jax", action="store_true", help="leave JAX out of the deep shapes even if it is installed")
     p.add_argument("--threads", type=_positive(int), default=None, help="PyTorch threads (default: the machine's cores)")
     p.add_argument("--no-check", action="store_true", help="skip the float64 agreement check")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH")
@@ -605,10 +618,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    shapes = TINY_SHAPES if args.tiny else (args.shapes or SHAPES)
+    shapes = ((() if args.deep else TINY_SHAPES) + TINY_DEEP_SHAPES if args.tiny
+              else args.shapes or (() if args.deep else SHAPES) + DEEP_SHAPES)
     repeats = 3 if args.tiny and args.repeats is None else args.repeats
     result = run_benchmark(shapes, repeats=repeats, budget_s=args.budget, use_torch=not args.no_torch,
-                           threads=args.threads, check=not args.no_check, seed=args.seed,
+                           threads=args.threads, check=not args.no_check, seed=args.seed, use_jax=not args.no_jax,
                            progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     print(format_markdown(result))
     if args.json:
