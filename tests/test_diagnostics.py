@@ -135,3 +135,21 @@ def test_diagnostics_bad_inputs(rng):
         flow_sweep(hidden_activations="tanh")
     with pytest.raises(ValueError, match="unknown hidden_activation"):
         flow_sweep(hidden_activations=("swish",), T=3)
+
+
+def test_layer_flows_give_a_result_per_layer_and_direction(rng):
+    """Each unit's norms are those of its own dL/dh_t (res.dh[u]) and its own W_h's spectral radius;
+    gradient_flow's first result is the first layer's."""
+    from rnngrad.diagnostics import gradient_flow, layer_flows, spectral_radius
+
+    model = RNN(3, 4, 2, num_layers=2, bidirectional=True, output_activation="identity", loss="mse", seed=1)
+    x, y = rng.standard_normal((6, 2, 3)), rng.standard_normal((6, 2, 2))
+    flows = layer_flows(model, x, y, label="m")
+    assert [r.label for r in flows] == ["m, layer 0", "m, layer 0 reverse", "m, layer 1", "m, layer 1 reverse"]
+    dh = model.gradients(x, y, reduction="sum").dh  # every step (bidirectional default)
+    for u, r in enumerate(flows):
+        np.testing.assert_allclose(r.norms, np.linalg.norm(dh[u], axis=2).mean(axis=1), rtol=1e-12)
+    assert flows[3].spectral_radius == spectral_radius(model.params["W_h_l1_reverse"])
+    first = gradient_flow(model, x, y)
+    np.testing.assert_array_equal(first.norms, flows[0].norms)
+    assert first.layer_norms.shape == (4, 6) and first.layer_names[3] == "layer 1 reverse"

@@ -52,7 +52,7 @@ __all__ = ["SHAPES", "TINY_SHAPES", "TARGETS", "DEEP_SHAPES", "TINY_DEEP_SHAPES"
            "matmul_flops", "textbook_gradients", "check_agreement", "run_benchmark", "format_markdown",
            "matmul_rate", "peak_memory", "summarise_blocks", "rounds_for", "register", "main"]
 
-#: (T, B, D, H, O) of issue 3.
+#: (T, B, D, H, O): the five benchmark shapes (one character sequence, long sequences, three BLAS-bound).
 SHAPES = (
     (25, 1, 65, 100, 65),
     (100, 32, 64, 128, 64),
@@ -546,7 +546,7 @@ def format_markdown(result: dict) -> str:
                       f"({(mem['inputs_params_bytes'] + mem['returned_bytes']) / 2**20:.2f} MiB)", ""]
     judged = [e for e in result["shapes"] if "targets" in e]
     if judged:
-        lines += ["### Targets (issue 3)", "",
+        lines += ["### Targets", "",
                   "Each figure as called by default, then with a reused Workspace (after the slash).", "",
                   "| shape | PyTorch / rnngrad | target | % of matmul | target | memory ratio | target | all met |",
                   "|---|---:|---:|---:|---:|---:|---:|:---:|"]
@@ -600,7 +600,7 @@ def _positive(kind):
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", dest="shapes", type=_shape, action="append", metavar="T,B,D,H,O[,LAYERS,BIDIR]",
                    help="benchmark this shape (repeatable; seven values: a stacked network, BIDIR 0 or 1); "
-                        "default the five shapes of issue 3 and the three deep shapes")
+                        "default the five single-layer benchmark shapes and the three deep shapes")
     p.add_argument("--deep", action="store_true", help="only the stacked/bidirectional shapes "
                    f"{', '.join(map(str, DEEP_SHAPES))}")
     p.add_argument("--tiny", action="store_true",
@@ -636,14 +636,14 @@ def register(subparsers) -> None:
     """Add the ``bench`` command to the ``rnngrad`` parser's subcommands."""
     p = subparsers.add_parser(
         "bench", help="time loss + all gradients against PyTorch and a textbook NumPy loop",
-        description=__doc__.split("\n\n")[0] + " Prints Markdown tables; see docs/performance.md.")
+        description=__doc__.split("\n\n")[0].replace("``", "") + " Prints Markdown tables; see docs/performance.md.")
     _add_arguments(p)
     p.set_defaults(run=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rnngrad.bench``: the same as ``rnngrad bench``."""
-    p = argparse.ArgumentParser(prog="python -m rnngrad.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rnngrad.bench", description=__doc__.split("\n\n")[0].replace("``", ""))
     _add_arguments(p)
     return _run(p.parse_args(argv))
 

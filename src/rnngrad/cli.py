@@ -293,7 +293,7 @@ _FLOW_FRESH = {"activations": ["tanh", "relu", "sigmoid"], "scales": [0.5, 1.0, 
 
 
 def _cmd_flow(args) -> int:
-    from .diagnostics import flow_ratio, flow_sweep, gradient_flow
+    from .diagnostics import flow_sweep, layer_flows
     from .plots import plot_flow
 
     if args.checkpoint is not None:
@@ -319,7 +319,7 @@ def _cmd_flow(args) -> int:
                 raise ValueError(f"-T {args.T} is longer than the held-out text of this run allows "
                                  f"({data.val_x.shape[0]} steps); use a smaller -T")
         x, y = data.val_x[:args.T, :args.batch_size], data.val_y[:args.T, :args.batch_size]
-        results = [gradient_flow(model, x, y, label=f"trained {model.f.name}")]
+        results = layer_flows(model, x, y, label=f"trained {model.f.name}")  # a line per layer and direction
     else:
         results = flow_sweep(hidden_activations=args.activations, scales=args.scales, T=args.T,
                              batch_size=args.batch_size, hidden_size=args.hidden_size, seed=args.seed)
@@ -329,9 +329,7 @@ def _cmd_flow(args) -> int:
     print("|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.label} | {r.spectral_radius:.3f} | {r.norms[0]:.3e} | {r.norms[-1]:.3e} | {r.ratio:.3e} |")
-        for name, norms in list(zip(r.layer_names, r.layer_norms))[1:]:  # a stacked or bidirectional model
-            print(f"| {r.label}, {name} | | {norms[0]:.3e} | {norms[-1]:.3e} | {flow_ratio(norms):.3e} |")
-    where = "every step (a bidirectional model)" if results[0].layer_names[-1].endswith("reverse") else "the last step only"
+    where = "every step (a bidirectional model)" if results[-1].label.endswith("reverse") else "the last step only"
     print(f"\nloss at {where}, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
     print(f"wrote {out}")
     return 0

@@ -19,9 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from .model import RNN
+from .network import layer_param_names
 from .validation import as_array, check_finite, check_positive_int
 
-__all__ = ["FlowResult", "gradient_flow", "flow_ratio", "spectral_radius", "flow_sweep"]
+__all__ = ["FlowResult", "gradient_flow", "layer_flows", "flow_ratio", "spectral_radius", "flow_sweep"]
 
 
 @dataclass
@@ -83,7 +84,7 @@ def gradient_flow(model: RNN, x, y, h0=None, mask=None, label: str | None = None
     model : RNN
     x : (T, B, D) floats or (T, B) token indices
     y : targets for the model's loss, (T, B, O) or (T, B) class indices
-    h0 : (B, H), optional (zeros)
+    h0 : (B, H) or (U, B, H), optional (zeros)
     mask : (T, B) bool, optional
         Which steps carry loss. **Default (None): the last step only**, so that dL/dh_t
         shows how the gradient of the final loss decays or grows back in time (for a
@@ -95,33 +96,44 @@ def gradient_flow(model: RNN, x, y, h0=None, mask=None, label: str | None = None
     -------
     FlowResult with ``norms`` (T,) = mean over b of ‖dL/dh_{t,b}‖₂ (the loss is summed,
     not averaged, over the batch, so each sequence's gradient is its own), ``abs_dh``
-    (T, B, H), ``ratio`` and ``spectral_radius``.
+    (T, B, H), ``ratio`` and ``spectral_radius``, of the first layer; ``layer_norms`` of
+    every layer and direction. :func:`layer_flows` gives a full result per layer.
     """
+    flows = layer_flows(model, x, y, h0=h0, mask=mask, label=label)
+    first = flows[0]
+    first.label = label if label is not None else f"{model.f.name}"
+    first.layer_norms = np.stack([r.norms for r in flows])
+    first.layer_names = tuple(r.label.rsplit(", ", 1)[-1] for r in flows) if len(flows) > 1 else ("layer 0",)
+    return first
+
+
+def layer_flows(model: RNN, x, y, h0=None, mask=None, label: str | None = None) -> list[FlowResult]:
+    """:func:`gradient_flow` for every layer and direction of ``model`` (one FlowResult each, in
+    PyTorch's layer-major order, labelled "<label>, layer k[ reverse]"; a one-layer model gives one,
+    labelled ``label``). Each has its own spectral radius, of its W_h."""
     if not isinstance(model, RNN):
         raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
     if mask is None and not model.bidirectional:
         xa = np.asarray(x)
         if xa.ndim < 2:
             raise ValueError(f"x must have shape (T, B, D) or (T, B); got shape {xa.shape}")
-        mask = np.zeros(xa.shape[:2], dtype=bool)
-        mask[-1] = True
+        mask = np.zeros(xa.shape[:2], dtype=bool)  # (T, B), or (B, T) for a batch-first model
+        mask[(slice(None), -1) if model.batch_first else -1] = True
     res = model.gradients(x, y, h0=h0, mask=mask, reduction="sum", need=())
     dh = res.dh if res.dh.ndim == 4 else res.dh[None]  # (U, T, B, H)
     if model.batch_first:
         dh = dh.swapaxes(1, 2)
-    layer_norms = np.linalg.norm(dh, axis=3).mean(axis=2)
-    names = tuple(f"layer {k}" + (" reverse" if d else "")
-                  for k in range(model.num_layers) for d in range(model.directions))
-    return FlowResult(
-        label=label if label is not None else f"{model.f.name}",
-        norms=layer_norms[0],
-        abs_dh=np.abs(dh[0]),
-        ratio=flow_ratio(layer_norms[0]),
-        spectral_radius=spectral_radius(model.params["W_h"]),
-        loss=res.loss,
-        layer_norms=layer_norms,
-        layer_names=names,
-    )
+    base = label if label is not None else f"{model.f.name}"
+    flows = []
+    for k in range(model.num_layers):
+        for d in range(model.directions):
+            u = k * model.directions + d
+            norms = np.linalg.norm(dh[u], axis=2).mean(axis=1)
+            name = base if dh.shape[0] == 1 else f"{base}, layer {k}" + (" reverse" if d else "")
+            W_h = layer_param_names(k, d)[1]
+            flows.append(FlowResult(label=name, norms=norms, abs_dh=np.abs(dh[u]), ratio=flow_ratio(norms),
+                                    spectral_radius=spectral_radius(model.params[W_h]), loss=res.loss))
+    return flows
 
 
 def flow_sweep(hidden_activations: Sequence[str] = ("tanh", "relu", "sigmoid"),
