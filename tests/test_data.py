@@ -210,3 +210,59 @@ def test_train_val_split():
         train_val_split(np.arange(3), 0.1)
     with pytest.raises(TypeError, match="val_fraction"):
         train_val_split(tokens, "0.1")
+
+
+# --- hostile --text paths -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, kind", [("/dev/zero", "a device"), ("/dev/urandom", "a device"), (".", "a directory")])
+def test_load_text_refuses_what_is_not_a_regular_file_at_once(path, kind):
+    from rnngrad.data import load_text
+    with pytest.raises(ValueError, match=f"is {kind}; expected a regular UTF-8 text file"):
+        load_text(path)
+
+
+def test_load_text_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    import os
+    from rnngrad.data import load_text
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is a FIFO"):
+        load_text(fifo)
+
+
+def test_load_text_size_limit_is_checked_before_reading(tmp_path, monkeypatch):
+    from rnngrad.data import load_text
+    sparse = tmp_path / "sparse.txt"
+    with open(sparse, "wb") as fh:
+        fh.truncate(1 << 30)  # 1 GiB of holes: no byte needs to be read to refuse it
+    reads = []
+    import builtins
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: reads.append(a) or real_open(*a, **k))
+    with pytest.raises(ValueError, match=r"has 1073741824 bytes, more than the limit of 268435456; raise it "
+                                         r"with --max-text-bytes"):
+        load_text(sparse)
+    small = tmp_path / "small.txt"
+    small.write_text("hello world", encoding="utf-8")
+    with pytest.raises(ValueError, match="more than the limit of 5"):
+        load_text(small, max_bytes=5)
+    assert load_text(small, max_bytes=11) == "hello world"
+
+
+def test_load_text_checks_while_streaming(tmp_path):
+    """A NUL or an invalid byte past the first chunk is found at its true offset; a character cut at
+    the end of the file is invalid; one split across chunks is not."""
+    from rnngrad.data import load_text
+    from rnngrad.data.text import _CHUNK
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"a" * (_CHUNK + 10) + b"\x00")
+    with pytest.raises(ValueError, match=f"a NUL byte at offset {_CHUNK + 10}"):
+        load_text(p)
+    p.write_bytes(b"a" * (_CHUNK + 3) + b"\xff")
+    with pytest.raises(ValueError, match=f"byte 0xff at offset {_CHUNK + 3}"):
+        load_text(p)
+    p.write_bytes(b"ab" + "é".encode()[:1])
+    with pytest.raises(ValueError, match="ends inside a character"):
+        load_text(p)
+    p.write_bytes(b"a" * (_CHUNK - 1) + "é".encode() + b"z")  # é straddles the chunk boundary
+    assert load_text(p) == "a" * (_CHUNK - 1) + "éz"

@@ -164,6 +164,8 @@ def _cmd_train(args) -> int:
         if args.max_chars is not None and (args.text is not None or args.task is not None):
             raise ValueError(f"--max-chars applies to the default corpus only, not to "
                              f"{'--text' if args.text is not None else '--task'}; leave it out")
+        if args.text is None and args.max_text_bytes != TrainConfig.max_text_bytes:
+            raise ValueError("--max-text-bytes applies to --text only; leave it out")
         if args.task is not None and args.val_fraction != TrainConfig.val_fraction:
             raise ValueError("--val-fraction applies to text only; a task has its own validation set")
         values = {f.name: getattr(args, f.name) for f in options}
@@ -351,6 +353,8 @@ def _add_train_parser(sub) -> None:
                       "(default: the built-in corpus)")
     data.add_argument("--task", choices=sorted(TASKS), help="a synthetic task instead of text")
     data.add_argument("--max-chars", type=_positive_int, help="use only the first N characters of the default corpus")
+    data.add_argument("--max-text-bytes", type=_positive_int, default=TrainConfig.max_text_bytes,
+                      help="largest --text file accepted, in bytes")
     data.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction, help="held-out share of the text")
     model = p.add_argument_group("model")
     model.add_argument("--hidden-size", "-H", type=_positive_int, default=TrainConfig.hidden_size,

@@ -35,6 +35,7 @@ import numpy as np
 from ._io import FolderLock, atomic_write
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
+from .data.text import MAX_TEXT_BYTES
 from . import network
 from .engines import get_engine
 from .metrics import LogRow, parse_metrics
@@ -67,6 +68,7 @@ class TrainConfig:
     text: str | None = None
     task: str | None = None
     max_chars: int | None = None
+    max_text_bytes: int = MAX_TEXT_BYTES
     hidden_size: int = 256
     num_layers: int = 1
     bidirectional: bool = False
@@ -98,7 +100,7 @@ class TrainConfig:
             check_choice("task", self.task, TASKS)
             if self.text is not None:
                 raise ValueError("give either task or text, not both")
-        for name in ("hidden_size", "num_layers", "chunk_len", "batch_size", "steps", "task_train_size",
+        for name in ("hidden_size", "num_layers", "max_text_bytes", "chunk_len", "batch_size", "steps", "task_train_size",
                      "task_val_size", "log_every", "sample_every", "sample_length", "checkpoint_every"):
             check_positive_int(name, getattr(self, name))
         if self.max_chars is not None:
@@ -181,7 +183,7 @@ class TextData:
         config.validate()
         k, B = config.chunk_len, config.batch_size
         if config.text is not None:
-            text = load_text(config.text, min_length=2)
+            text = load_text(config.text, min_length=2, max_bytes=config.max_text_bytes)
             self.source = str(config.text)
         else:
             text = default_corpus(config.max_chars)

@@ -6,8 +6,10 @@ reads source files of the Python standard library that is running this code.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import stat
 import sysconfig
 from typing import Iterable
 
@@ -18,6 +20,7 @@ from ..validation import check_positive_int
 __all__ = [
     "Vocabulary",
     "load_text",
+    "MAX_TEXT_BYTES",
     "default_corpus",
     "default_corpus_paths",
     "DEFAULT_CORPUS_FILES",
@@ -135,45 +138,95 @@ class Vocabulary:
         return cls(chars)
 
 
-def load_text(path, min_length: int = 1) -> str:
+#: Default limit on the size of a text file (raise it with ``max_bytes``; the CLI's --max-text-bytes).
+MAX_TEXT_BYTES = 256 << 20
+_CHUNK = 1 << 20
+
+
+def load_text(path, min_length: int = 1, max_bytes: int = MAX_TEXT_BYTES) -> str:
     """The text of a UTF-8 file (a leading byte-order mark is dropped).
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str or os.PathLike, a regular file
     min_length : int, default 1
         Fewest characters accepted, e.g. ``B * k + 1`` for one chunk of k steps over
         B streams plus the shifted target.
+    max_bytes : int, default :data:`MAX_TEXT_BYTES` (256 MiB)
+        Largest file accepted.
 
     Raises
     ------
     ValueError
-        The file is empty, is binary (holds NUL bytes) or not valid UTF-8, or has fewer
-        than ``min_length`` characters. A missing file raises FileNotFoundError.
+        The path is not a regular file (a directory, a device such as /dev/zero, a FIFO: refused
+        before anything is read), the file is larger than ``max_bytes``, empty, binary (holds NUL
+        bytes) or not valid UTF-8, or has fewer than ``min_length`` characters. The file is read
+        in chunks and each condition is checked as it streams, so a bad file is refused at its
+        first bad byte. A missing file raises FileNotFoundError.
     """
     min_length = check_positive_int("min_length", min_length)
+    max_bytes = check_positive_int("max_bytes", max_bytes)
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if not data:
-        raise ValueError(f"text file {path!r} is empty")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise ValueError(
-            f"text file {path!r} looks binary (a NUL byte at offset {nul}); expected UTF-8 text"
-        )
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"text file {path!r} is not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
-            f"convert it to UTF-8 first"
-        ) from None
+        _check_regular(os.fstat(fd), path, max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        text = _decode_streaming(fh, path, max_bytes)
+    if not text:
+        raise ValueError(f"text file {path!r} is empty")
     if len(text) < min_length:
         raise ValueError(
             f"text file {path!r} is too short: {len(text)} characters, need at least {min_length}"
         )
     return text
+
+
+def _check_regular(st: os.stat_result, path: str, max_bytes: int) -> None:
+    """Refuse, before any byte is read, what is not a regular file or is larger than ``max_bytes``."""
+    mode = st.st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise ValueError(f"text file {path!r} is {kind}; expected a regular UTF-8 text file")
+    if st.st_size > max_bytes:
+        raise ValueError(f"text file {path!r} has {st.st_size} bytes, more than the limit of {max_bytes}; "
+                         f"raise it with --max-text-bytes (load_text's max_bytes) if you mean it")
+
+
+def _decode_streaming(fh, path: str, max_bytes: int) -> str:
+    """UTF-8 text of ``fh`` read a chunk at a time, NUL bytes, invalid UTF-8 and the size limit
+    checked in each chunk (the file may grow while it is read)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    parts, offset = [], 0
+    while True:
+        chunk = fh.read(_CHUNK)
+        if not chunk:
+            break
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise ValueError(f"text file {path!r} looks binary (a NUL byte at offset {offset + nul}); "
+                             f"expected UTF-8 text")
+        try:
+            parts.append(decoder.decode(chunk))
+        except UnicodeDecodeError as err:
+            at = offset + err.start
+            raise ValueError(f"text file {path!r} is not valid UTF-8 (byte {chunk[err.start]:#04x} at offset "
+                             f"{at}); convert it to UTF-8 first") from None
+        offset += len(chunk)
+        if offset > max_bytes:
+            raise ValueError(f"text file {path!r} has more than {max_bytes} bytes (the limit); raise it with "
+                             f"--max-text-bytes (load_text's max_bytes) if you mean it")
+    try:
+        parts.append(decoder.decode(b"", final=True))
+    except UnicodeDecodeError:
+        raise ValueError(f"text file {path!r} is not valid UTF-8 (it ends inside a character); "
+                         f"convert it to UTF-8 first") from None
+    return "".join(parts)
 
 
 def default_corpus_paths() -> list[str]:
