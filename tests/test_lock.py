@@ -88,3 +88,18 @@ def test_two_cli_runs_into_one_folder_one_is_refused(tmp_path, text_file):  # no
     assert codes == [0, 2], (a_err, b.stderr)
     refused = b.stderr if b.returncode == 2 else a_err
     assert refused.count("\n") == 1 and ("is in use by process" in refused or "already holds a run" in refused)
+
+
+def test_stray_temporaries_of_killed_writers_are_removed_on_start(tmp_path, text_file):  # noqa: F811
+    stray = [tmp_path / ".checkpoint.npz.4242.0123456789abcdef0123456789abcdef.tmp",
+             tmp_path / ".loss.png.77.ffffffffffffffffffffffffffffffff.tmp"]
+    keep = tmp_path / ".notes.tmp"  # not of our pattern: a user's file, left alone
+    for p in stray + [keep]:
+        p.write_bytes(b"partial")
+    Trainer(small(text_file, steps=5), tmp_path).run()
+    assert not any(p.exists() for p in stray) and keep.exists()
+
+
+def test_a_stop_at_the_last_step_is_a_finished_run(tmp_path, text_file):  # noqa: F811
+    t = Trainer(small(text_file, steps=5), tmp_path)
+    assert t.run(should_stop=lambda: t.progress.step == 5) == "done"

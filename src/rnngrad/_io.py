@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "FolderLock", "FolderBusy", "make_new_folder", "LOCK_FILE"]
+__all__ = ["atomic_write", "remove_stray_temporaries", "FolderLock", "FolderBusy", "make_new_folder", "LOCK_FILE"]
 
 
 def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
@@ -42,6 +42,25 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
             pass
         raise
     return path
+
+
+def remove_stray_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` leaves when its process is killed
+    (``.<name>.<pid>.<hex>.tmp``); returns them. Call it only while holding the folder's lock, when
+    no other process can be writing one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.glob(".*.tmp"):
+        parts = p.name[1:-len(".tmp")].rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and len(parts[2]) == 32 and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 LOCK_FILE = ".rnngrad.lock"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import re
+import shlex
 import signal
 import sys
 import time
@@ -225,9 +226,10 @@ def _cmd_train(args) -> int:
     if p.rows:
         final = p.rows[-1]
         below = 1 - final["val_loss"] / trainer.data.baseline
+        versus = f"{below:.0%} below" if below >= 0 else f"{-below:.0%} above"
         at = f"step {p.step}" if final["step"] == p.step else f"step {p.step} (last logged at step {final['step']})"
         print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
-              f"({below:.0%} below the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+              f"({versus} the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
     else:  # resumed with metrics.jsonl gone and nothing left to train: no row to report
         print(f"step {p.step}: no metrics logged in {out / METRICS}")
     if trainer.data.vocab is not None and status != "stopped":
@@ -236,7 +238,8 @@ def _cmd_train(args) -> int:
         f", {out / LOSS_PLOT}" if trainer.plot_note is None else f" ({LOSS_PLOT} not updated: {trainer.plot_note})"))
     if status == "stopped":
         name = signal.Signals(stop.signal).name
-        print(f"stopped by {name} at step {p.step}; checkpoint saved. Continue with: rnngrad train --resume {out}")
+        print(f"stopped by {name} at step {p.step}; checkpoint saved. Continue with: "
+              f"rnngrad train --resume {shlex.quote(str(out))}")
         return 128 + int(stop.signal)
     if status == "time":
         print(f"time budget of {cfg.time_budget:g} s reached at step {p.step}")

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._io import FolderLock, atomic_write
+from ._io import FolderLock, atomic_write, remove_stray_temporaries
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
 from .data.text import MAX_TEXT_BYTES
@@ -530,6 +530,7 @@ class Trainer:
 
     def _run(self, should_stop, on_log, on_sample, on_step) -> str:
         cfg, p = self.config, self.progress
+        remove_stray_temporaries(self.out_dir)  # under the lock: no other writer's files
         if p.step == 0 and not p.rows:
             # Checked under the lock: a run that finished in this folder since this one was set up
             # (two commands started together, say) is never overwritten.
@@ -565,7 +566,7 @@ class Trainer:
                 on_sample(p.step, self.sample(cfg.sample_length, seed=[cfg.seed, 4, p.step]))
             if p.step % cfg.checkpoint_every == 0:
                 self.save()
-            if should_stop():
+            if should_stop() and p.step < cfg.steps:  # at the last step the run is simply done
                 status = "stopped"
                 break
         # A run cut by its time budget logs its last partial window; a stopped run keeps the
