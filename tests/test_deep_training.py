@@ -206,3 +206,22 @@ def test_cli_refuses_a_bidirectional_text_model_in_one_line(tmp_path, capsys, mo
     assert main(["train", "--bidirectional", "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use --task, or drop --bidirectional" in err[0]
+
+
+def test_a_trainer_refuses_a_model_its_configuration_does_not_describe(tmp_path, text_file):
+    cfg = small(text_file)
+    bi = rnngrad.RNN(29, cfg.hidden_size, 29, bidirectional=True)
+    with pytest.raises(ValueError, match="a bidirectional model cannot be trained on text"):
+        Trainer(cfg, tmp_path, model=bi)
+    deep = rnngrad.RNN(29, cfg.hidden_size, 29, num_layers=2)
+    with pytest.raises(ValueError, match="model has num_layers=2 but the configuration says 1"):
+        Trainer(cfg, tmp_path, model=deep)
+
+
+def test_a_reverse_units_flow_ratio_is_taken_in_its_own_time(rng):
+    from rnngrad.diagnostics import flow_ratio, layer_flows
+
+    model = rnngrad.RNN(3, 4, 2, bidirectional=True, output_activation="identity", loss="mse", seed=2)
+    flows = layer_flows(model, rng.standard_normal((8, 2, 3)), rng.standard_normal((8, 2, 2)))
+    assert flows[0].ratio == flow_ratio(flows[0].norms)
+    assert flows[1].ratio == flow_ratio(flows[1].norms[::-1])

@@ -93,3 +93,31 @@ def test_arguments_are_validated(rng):
         rnngrad.check_gradients(m, x, y, seed="a")
     with pytest.raises(ValueError, match=r"x must have shape"):
         rnngrad.check_gradients(m, x[0], y)
+
+
+def test_an_entry_passes_on_the_relative_or_the_absolute_test(rng):
+    """passed == (max_rel_error <= rtol or max_abs_error <= atol), per entry; the default atol is the
+    rounding floor 8 u max(|L|, 1) / eps, far below the error of a wrong gradient (the planted bug
+    above fails with it)."""
+    model = rnngrad.RNN(3, 4, 2, num_layers=2, bidirectional=True, seed=0)
+    x, y = rng.standard_normal((5, 2, 3)), rng.integers(0, 2, (5, 2))
+    report = rnngrad.check_gradients(model, x, y)
+    assert report.atol == pytest.approx(8 * np.finfo(np.float64).eps * max(abs(report.loss), 1) / 1e-6)
+    assert report.atol < 1e-7
+    for e in report.entries.values():
+        assert e.passed == (e.max_rel_error <= report.rtol or e.max_abs_error <= report.atol)
+    assert not rnngrad.check_gradients(model, x, y, rtol=0.0, atol=0.0).passed
+    assert rnngrad.check_gradients(model, x, y, rtol=0.0, atol=1.0).passed
+
+
+def test_a_gradient_that_is_exactly_zero_passes(rng):
+    """The loss at each sequence's last valid step of a bidirectional stack with h0 = 0: the top
+    reverse layer's W_h has an exactly zero gradient (its recursion never reaches a loss)."""
+    model = rnngrad.RNN(3, 4, 2, num_layers=2, bidirectional=True, seed=0)
+    x, y = rng.standard_normal((5, 2, 3)), rng.integers(0, 2, (5, 2))
+    lengths = np.array([5, 3])
+    last = np.zeros((5, 2), bool)
+    last[lengths - 1, np.arange(2)] = True
+    assert not model.gradients(x, y, mask=last, lengths=lengths).grads["W_h_l1_reverse"].any()
+    report = rnngrad.check_gradients(model, x, y, mask=last, lengths=lengths)
+    assert report.passed, report.table()

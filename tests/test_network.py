@@ -279,9 +279,9 @@ def test_batch_first_is_the_time_major_result_swapped(rng, num_layers, bidirecti
     for name in ("h", "a", "y_hat"):
         np.testing.assert_array_equal(getattr(b.forward, name), getattr(a.forward, name).swapaxes(0, 1))
     assert b.forward.h.shape == (B, T, H * tm.directions)
-    for ma, mb in zip(a.forward.dropout_masks or [], b.forward.dropout_masks or []):  # masks stay time-major
-        assert mb.shape == (T, B, H * tm.directions)
-        np.testing.assert_array_equal(ma, mb)
+    for ma, mb in zip(a.forward.dropout_masks or [], b.forward.dropout_masks or []):  # batch-first too
+        assert mb.shape == (B, T, H * tm.directions)
+        np.testing.assert_array_equal(ma, mb.swapaxes(0, 1))
     fwd = bf.forward(x.swapaxes(0, 1), h0=h0, mask=mask.T)
     np.testing.assert_array_equal(fwd.y_hat, tm.forward(x, h0=h0, mask=mask).y_hat.swapaxes(0, 1))
     assert bf.loss(x.swapaxes(0, 1), y.T, h0=h0, mask=mask.T) == tm.loss(x, y, h0=h0, mask=mask)
@@ -745,7 +745,7 @@ def test_loss_and_gradients_are_finite_and_shaped_as_documented(case):
     fwd = res.forward
     assert fwd.h.shape == layout(Tp, Bp, C) and fwd.y_hat.shape == layout(Tp, Bp, Op)
     if case["dropout"] and L > 1:
-        assert len(fwd.dropout_masks) == L - 1 and all(m.shape == (Tp, Bp, C) for m in fwd.dropout_masks)
+        assert len(fwd.dropout_masks) == L - 1 and all(m.shape == layout(Tp, Bp, C) for m in fwd.dropout_masks)
     else:
         assert fwd.dropout_masks is None
     if bi and mask is not None:  # no state lives at padding
@@ -756,3 +756,34 @@ def test_loss_and_gradients_are_finite_and_shaped_as_documented(case):
         assert np.all(dh_tm[:, pad] == 0)
         if not case["tokens"]:
             assert np.all(seq(res.dx)[pad] == 0)
+
+
+def test_batch_first_dropout_masks_are_batch_first_in_and_out(rng):
+    """With B == T a time-major mask would pass the shape check: the layout is the boundary's,
+    (B, T, C), both in res.forward.dropout_masks and in dropout_masks=."""
+    T = B = 4
+    model = RNN(3, 5, 2, num_layers=2, dropout=0.5, batch_first=True, seed=1)
+    x, y = rng.standard_normal((B, T, 3)), rng.integers(0, 2, (B, T))
+    first = model.gradients(x, y, dropout_seed=7)
+    (mask,) = first.forward.dropout_masks
+    time_major = RNN(3, 5, 2, num_layers=2, dropout=0.5, seed=1)
+    ref = time_major.gradients(x.swapaxes(0, 1), y.T, dropout_masks=[mask.swapaxes(0, 1)])
+    assert ref.loss == first.loss
+    assert model.gradients(x, y, dropout_masks=[mask]).loss == first.loss
+    assert model.gradients(x, y, dropout_masks=[mask.swapaxes(0, 1)]).loss != first.loss
+    assert rnngrad.check_gradients(model, x, y, dropout_seed=7, eps=1e-3, order=4, rtol=1e-7).passed
+
+
+def test_an_optimizer_keeps_training_a_model_after_a_torch_import(rng):
+    from rnngrad.optim import SGD
+
+    model = RNN(3, 4, 2, num_layers=2, seed=0)
+    opt = SGD(model.params, lr=0.1)
+    other = RNN(3, 4, 2, num_layers=2, seed=5)
+    model.load_torch_state_dict(*other.torch_state_dict())
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], other.params[k])
+    x, y = rng.standard_normal((5, 2, 3)), rng.integers(0, 2, (5, 2))
+    before = model.loss(x, y)
+    opt.step(model.gradients(x, y).grads)
+    assert model.loss(x, y) < before  # the optimizer's arrays are the model's

@@ -89,12 +89,12 @@ def _cmd_gradcheck(args) -> int:
         mask = np.arange(args.T)[:, None] < lengths[None, :]
     # With dropout, masks drawn once from the seed: the check is of the gradient for that mask.
     report = check_gradients(model, x, y, h0=h0, mask=mask, reduction=args.reduction,
-                             eps=args.eps, rtol=args.rtol, directions=args.directions,
+                             eps=args.eps, rtol=args.rtol, atol=args.atol, directions=args.directions,
                              dropout_seed=args.seed + 2 if args.dropout else None)
     print(f"{model}")
     print(f"T={args.T} B={args.B} reduction={args.reduction} mask={'yes' if args.mask else 'no'} "
-          + (f"dropout masks from seed {args.seed + 2} " if args.dropout else "") +
-          f"eps={args.eps:g} rtol={args.rtol:g} check={report.mode} loss={report.loss:.6g}")
+          + (f"dropout masks from seed {args.seed + 2} " if args.dropout and args.num_layers > 1 else "") +
+          f"eps={args.eps:g} rtol={args.rtol:g} atol={report.atol:.2g} check={report.mode} loss={report.loss:.6g}")
     print()
     print(report.table())
     print()
@@ -334,7 +334,8 @@ def _cmd_flow(args) -> int:
     print("|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r.label} | {r.spectral_radius:.3f} | {r.norms[0]:.3e} | {r.norms[-1]:.3e} | {r.ratio:.3e} |")
-    where = "every step (a bidirectional model)" if results[-1].label.endswith("reverse") else "the last step only"
+    bidirectional = args.checkpoint is not None and model.bidirectional
+    where = "every step (a bidirectional model)" if bidirectional else "the last step only"
     print(f"\nloss at {where}, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
     print(f"wrote {out}")
     return 0
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", action="store_true", help="random sequence lengths (mask padded steps)")
     p.add_argument("--eps", type=_positive_float, default=1e-6, help="finite-difference step")
     p.add_argument("--rtol", type=_positive_float, default=1e-6, help="largest relative error that passes")
+    p.add_argument("--atol", type=float, default=None,
+                   help="absolute error that passes whatever the relative one (default: the rounding floor of "
+                        "the differences, 8 u max(|L|, 1) / eps)")
     p.add_argument("--directions", type=_positive_int, default=None,
                    help="check this many random directions per array instead of every entry")
     p.add_argument("--seed", type=int, default=0, help="seed for the model and the data")

@@ -110,7 +110,8 @@ def gradient_flow(model: RNN, x, y, h0=None, mask=None, label: str | None = None
 def layer_flows(model: RNN, x, y, h0=None, mask=None, label: str | None = None) -> list[FlowResult]:
     """:func:`gradient_flow` for every layer and direction of ``model`` (one FlowResult each, in
     PyTorch's layer-major order, labelled "<label>, layer k[ reverse]"; a one-layer model gives one,
-    labelled ``label``). Each has its own spectral radius, of its W_h."""
+    labelled ``label``). Each has its own spectral radius, of its W_h; ``norms`` are in the input's
+    time order, and a reverse unit's ``ratio`` is ‖dL/dh_T‖ / ‖dL/dh_1‖, the same ratio in its own time."""
     if not isinstance(model, RNN):
         raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
     if mask is None and not model.bidirectional:
@@ -131,7 +132,10 @@ def layer_flows(model: RNN, x, y, h0=None, mask=None, label: str | None = None) 
             norms = np.linalg.norm(dh[u], axis=2).mean(axis=1)
             name = base if dh.shape[0] == 1 else f"{base}, layer {k}" + (" reverse" if d else "")
             W_h = layer_param_names(k, d)[1]
-            flows.append(FlowResult(label=name, norms=norms, abs_dh=np.abs(dh[u]), ratio=flow_ratio(norms),
+            # A reverse unit's recursion runs from t = T back to t = 1 of its own time, which is
+            # t = 1 forward to t = T of ours: its ratio is taken in its own time.
+            ratio = flow_ratio(norms[::-1] if d else norms)
+            flows.append(FlowResult(label=name, norms=norms, abs_dh=np.abs(dh[u]), ratio=ratio,
                                     spectral_radius=spectral_radius(model.params[W_h]), loss=res.loss))
     return flows
 

@@ -52,6 +52,7 @@ class GradCheckReport:
     eps: float
     rtol: float
     mode: str
+    atol: float = 0.0  #: the absolute floor an entry may pass on instead (see check_gradients)
 
     @property
     def passed(self) -> bool:
@@ -91,7 +92,8 @@ def _relative(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, float]:
 
 def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum",
                     eps: float = 1e-6, rtol: float = 1e-6, directions: int | None = None,
-                    order: int = 2, seed=0, dropout_seed=None, engine=None, lengths=None) -> GradCheckReport:
+                    order: int = 2, seed=0, dropout_seed=None, engine=None, lengths=None,
+                    atol: float | None = None) -> GradCheckReport:
     """Compare ``model.gradients(...)`` with central finite differences, in float64.
 
     Parameters
@@ -99,7 +101,12 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
     model : RNN (left unchanged; a float64 copy is checked)
     x, y, h0, mask, reduction, lengths : as :meth:`RNN.gradients`
     eps : finite-difference step
-    rtol : an array passes when max_rel_error <= rtol
+    rtol : an array passes when max_rel_error <= rtol, or
+    atol : when max_abs_error <= atol: the rounding noise of the differences themselves. Default
+        ``8 u max(|L|, 1) / eps`` (u the float64 unit roundoff): a difference of two losses near L
+        is uncertain by about u |L|, divided by the step. It keeps an exactly zero or a tiny
+        gradient from failing on noise (its relative error would be O(1)), while an error in a
+        derivation, O(1) of the array's scale, stays far above it
     directions : None for every entry; an int k for k random directions per array
     order : 2 (three-point central difference, the default) or 4 (five-point
         stencil, truncation error O(eps^4): with eps=1e-3 it resolves about 1e-11
@@ -123,16 +130,20 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
         raise ValueError(f"order must be 2 or 4; got {order!r}")
     eps = check_real("eps", eps)
     rtol = check_real("rtol", rtol, positive=False)
+    if atol is not None:
+        atol = check_real("atol", atol, positive=False)
     rng = check_seed(seed)
     engine = get_engine(engine)
     m = model.astype(np.float64)
     # The analytic gradients first: this also validates every argument.
     res = m.gradients(x, y, h0=h0, mask=mask, reduction=reduction, dropout_seed=dropout_seed, engine=engine,
                       lengths=lengths)
+    if atol is None:
+        atol = float(8 * np.finfo(np.float64).eps * max(abs(res.loss), 1.0) / eps)
     masks = res.forward.dropout_masks
     # The validated arrays once, for the hundreds of loss evaluations below (each would
     # otherwise check every array again); x and h0 copied, as they are perturbed in place.
-    params, x, h0, y_rows, weights, lengths, _ = m._prepare_loss(x, y, h0, mask, reduction, dropout_masks=masks,
+    params, x, h0, y_rows, weights, lengths, masks = m._prepare_loss(x, y, h0, mask, reduction, dropout_masks=masks,
                                                                  lengths=lengths)
     tokens = x.ndim == 2
     x, h0 = (x if tokens else x.copy()), h0.copy()
@@ -183,7 +194,8 @@ def check_gradients(model: RNN, x, y, h0=None, mask=None, reduction: str = "sum"
                 want[k] = derivative(arr, d)
             checked = directions
         abs_err, rel_err = _relative(got, want)
-        entries[name] = GradCheckEntry(name, tuple(arr.shape), checked, abs_err, rel_err, rel_err <= rtol)
-    return GradCheckReport(entries=entries, loss=res.loss, eps=eps, rtol=rtol,
+        entries[name] = GradCheckEntry(name, tuple(arr.shape), checked, abs_err, rel_err,
+                                       rel_err <= rtol or abs_err <= atol)
+    return GradCheckReport(entries=entries, loss=res.loss, eps=eps, rtol=rtol, atol=atol,
                            mode=("every entry" if directions is None else f"{directions} directions")
                            + f", order {order}")

@@ -259,9 +259,12 @@ class RNN:
             out = []
             for k, m in enumerate(dropout_masks):
                 arr = np.asarray(m, dtype=self.dtype)
+                if self.batch_first:  # given (B, T, C) like every sequence at the boundary
+                    arr = arr.swapaxes(0, 1) if arr.ndim == 3 else arr
                 if arr.shape != (T, B, C):
-                    raise ValueError(f"dropout_masks[{k}] must have shape (T, B, C) = ({T}, {B}, {C}); "
-                                     f"got {arr.shape}")
+                    labels, want, got = (("(B, T, C)", (B, T, C), arr.shape[1::-1] + arr.shape[2:])
+                                         if self.batch_first else ("(T, B, C)", (T, B, C), arr.shape))
+                    raise ValueError(f"dropout_masks[{k}] must have shape {labels} = {want}; got {got}")
                 if not np.isfinite(arr).all():
                     raise ValueError(f"dropout_masks[{k}] contains NaN or Inf")
                 out.append(arr)
@@ -294,6 +297,8 @@ class RNN:
             fwd.h0, fwd.h_last = fwd.h0[0], fwd.h_last[0]
         if self.batch_first:
             fwd.x, fwd.h, fwd.a, fwd.y_hat = (v.swapaxes(0, 1) for v in (fwd.x, fwd.h, fwd.a, fwd.y_hat))
+            if fwd.dropout_masks is not None:
+                fwd.dropout_masks = [m.swapaxes(0, 1) for m in fwd.dropout_masks]
         return fwd
 
     def _single_state(self, h0_given) -> bool:
@@ -351,8 +356,8 @@ class RNN:
         dropout_seed : int or numpy.random.Generator, optional
             Draw dropout masks from it (training); without it, and without ``dropout_masks``,
             no dropout (evaluation). The masks used are ``res.forward.dropout_masks``.
-        dropout_masks : list of num_layers - 1 arrays (T, B, C), optional
-            Use these masks (e.g. to replay a training step exactly).
+        dropout_masks : list of num_layers - 1 arrays (T, B, C) ((B, T, C) with batch_first), optional
+            Use these masks (e.g. ``res.forward.dropout_masks``, to replay a training step exactly).
         engine : None (the default engine), "numpy", "numba" or an engine object; see
             :mod:`rnngrad.engines`
         lengths : (B,) integers in [1, T], optional
@@ -408,8 +413,17 @@ class RNN:
         and an nn.Linear(H · directions, O). b_h = bias_ih + bias_hh. The nonlinearity is not in
         a state dict: build this model with the same hidden_activation. Returns self.
         """
-        self.params = params_from_torch(rnn_state, linear_state, self.shapes, self.num_layers,
-                                        self.directions, self.dtype)
+        new = params_from_torch(rnn_state, linear_state, self.shapes, self.num_layers, self.directions, self.dtype)
+        # Into the existing arrays where they fit, so that an optimizer holding them (it updates
+        # them in place) keeps training this model.
+        old = self.params
+        if isinstance(old, dict) and old.keys() == new.keys() and all(
+                isinstance(old[k], np.ndarray) and old[k].shape == v.shape and old[k].dtype == v.dtype
+                and old[k].flags.writeable for k, v in new.items()):
+            for k, v in new.items():
+                old[k][...] = v
+        else:
+            self.params = new
         return self
 
     def torch_state_dict(self) -> tuple[dict, dict]:

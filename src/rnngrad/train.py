@@ -288,6 +288,24 @@ class Progress:
     rows: list = field(default_factory=list)
 
 
+def _check_model_fits(model: RNN, config: TrainConfig, data) -> None:
+    """A model handed to a Trainer must be the one its configuration describes (the loop draws
+    dropout masks and carries state by the configuration), and a bidirectional one cannot carry
+    its state across text chunks."""
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
+    if model.bidirectional and data.kind == "text":
+        raise ValueError("a bidirectional model cannot be trained on text: the state carried from one chunk "
+                         "to the next (truncated BPTT) would feed the reverse direction a state from the past")
+    for name in ("num_layers", "bidirectional", "dropout", "hidden_size"):
+        if getattr(model, name) != getattr(config, name):
+            raise ValueError(f"model has {name}={getattr(model, name)!r} but the configuration says "
+                             f"{getattr(config, name)!r}; build the model from the same settings")
+    if (model.input_size, model.output_size) != (data.input_size, data.output_size):
+        raise ValueError(f"model has input_size={model.input_size}, output_size={model.output_size} but the data "
+                         f"needs {data.input_size} and {data.output_size}")
+
+
 def _checked_progress(saved: dict) -> Progress:
     """The saved counters, each of its type and non-negative (a crafted or damaged checkpoint
     could hold a negative or fractional step, which would silently misplace the run)."""
@@ -319,6 +337,8 @@ class Trainer:
         self.data = data if data is not None else (
             TaskData(config) if config.task is not None else TextData(config))
         d = self.data
+        if model is not None:
+            _check_model_fits(model, config, d)
         self.model = model if model is not None else RNN(
             d.input_size, config.hidden_size, d.output_size, hidden_activation=config.hidden_activation,
             output_activation=d.output_activation, loss=d.loss, dtype=np.dtype(config.dtype),
@@ -371,10 +391,11 @@ class Trainer:
         """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit);
         ``warn`` receives one-line warnings (skipped metric rows), from the start."""
         out_dir = Path(out_dir)
-        path, meta, arrays = load_training_checkpoint(out_dir)
-        # Before anything is rewritten: a run still writing here, or a second resume, is refused.
-        lock = FolderLock(out_dir).acquire()
+        # Before anything is read: a run still writing here, or a second resume, is refused (a run
+        # finishing between a read and the lock would leave this resume on a stale checkpoint).
+        lock = FolderLock(out_dir).acquire() if out_dir.is_dir() else FolderLock(out_dir)
         try:
+            path, meta, arrays = load_training_checkpoint(out_dir)
             return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn)
         except BaseException:
             lock.release()
