@@ -7,11 +7,11 @@ Layout of the file (a NumPy ``.npz``, i.e. a zip of ``.npy`` arrays):
                         whatever the caller adds (training config, progress, optimizer
                         numbers, vocabulary)
     param/<name>        every key of model.params (W_x, W_h, b_h, ..., W_y, b_y)
+    <group>/<name>      any other arrays the caller adds (optimizer slots, carried state)
 
 Versions: 2 adds num_layers, bidirectional, dropout and batch_first to "model"; a version 1
 file (single-layer, written before stacked networks existed) has the same parameter names
 and loads as a one-layer unidirectional model.
-    <group>/<name>      any other arrays the caller adds (optimizer slots, carried state)
 
 Why this format: ``np.load(..., allow_pickle=False)`` can read it and cannot run code,
 so a checkpoint received from someone else is safe to open; every array is plain

@@ -58,7 +58,8 @@ def set_default_engine(name: str) -> str:
 
 
 def get_engine(engine=None):
-    """The engine for ``engine``: None (the default), a name, or an engine object (returned as is)."""
+    """The engine for ``engine``: None (the default), a name, or an engine object (a NumpyEngine or a
+    subclass of it, returned as is)."""
     if engine is None:
         return _instance(_default)
     if isinstance(engine, NumpyEngine):

@@ -249,7 +249,7 @@ def _softmax_rows(a, b_y, y_hat):
 
 @_jit
 def _softmax_cross_entropy_index(y_hat, y, tiny, loss, da, dy_hat, want_dy_hat):
-    # As losses._softmax_cross_entropy_index; False (nothing usable written) if some
+    # As losses.softmax_cross_entropy_index; False (nothing usable written) if some
     # y_hat[n, y_n] is below the smallest normal number or NaN.
     N, O = y_hat.shape
     for n in range(N):
