@@ -164,7 +164,7 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, text_file):
     assert rnngrad("train", "--text", text_file, "--steps", 5, "--out", out, *SMALL).returncode == 0
     r = rnngrad("train", "--resume", out, "--hidden-size", 64, "--lr", 0.1)
     assert r.returncode == 2
-    assert "only --steps and --time-budget may change (got --hidden-size, --lr)" in r.stderr
+    assert "only --steps, --time-budget and --text (the same text at a new place) may change (got --hidden-size, --lr)" in r.stderr
     r = rnngrad("train", "--resume", out, "--steps", 8, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert rows(out)[-1]["step"] == 8

@@ -335,3 +335,42 @@ def test_resume_refuses_nan_optimizer_state(tmp_path, text_file):
     save_checkpoint(path, model, {k: v for k, v in meta.items() if k not in ("format", "version", "model")}, extra)
     with pytest.raises(ValueError, match=r"state\['exp_avg.W_h'\] contains NaN or Inf"):
         Trainer.resume(tmp_path)
+
+
+def test_resume_finds_moved_text_only_by_its_content(tmp_path):
+    """The path is stored absolute; a moved file is named in one line with the fix, --text at the new
+    place is accepted when the content is the same, and another content is refused by its hash
+    before any of it is used (nothing of it appears in the message)."""
+    src = tmp_path / "a" / "corpus.txt"
+    src.parent.mkdir()
+    src.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    t = Trainer(small(str(src.resolve()), steps=10), run)
+    t.run(should_stop=lambda: t.progress.step == 5)
+    moved = tmp_path / "b.txt"
+    src.rename(moved)
+    with pytest.raises(ValueError, match=r"is missing or no longer a regular file; give the text's new place "
+                                         r"with --text PATH"):
+        Trainer.resume(run)
+    other = tmp_path / "other.txt"
+    other.write_text("zzzz qqqq " * 200, encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"the training data changed since the checkpoint was written") as err:
+        Trainer.resume(run, text=other)
+    assert "zzzz" not in str(err.value) and "'z'" not in str(err.value)
+    r = Trainer.resume(run, text=moved)
+    assert r.config.text == str(moved.resolve())
+    assert r.run() == "done"
+
+
+def test_cli_stores_the_text_path_absolute_and_resumes_with_a_new_one(tmp_path, text_file, monkeypatch):
+    import shutil
+    from rnngrad.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(text_file, tmp_path / "book.txt")
+    args = ["-H", "8", "-k", "8", "-B", "4", "--log-every", "5", "--no-progress", "--val-fraction", "0.1"]
+    assert main(["train", "--text", "book.txt", "--steps", "5", "--out", "r", *args[:6], *args[6:]]) == 0
+    from rnngrad.train import load_training_checkpoint
+    assert load_training_checkpoint(tmp_path / "r")[1]["config"]["text"] == str((tmp_path / "book.txt").resolve())
+    (tmp_path / "book.txt").rename(tmp_path / "moved.txt")
+    assert main(["train", "--resume", "r", "--steps", "10", "--text", "moved.txt"]) == 0

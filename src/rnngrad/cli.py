@@ -135,7 +135,7 @@ def _format_row(row, steps: int) -> str:
 
 
 # Settings that --resume takes from the checkpoint; every other TrainConfig field with an option.
-_RESUME_MAY_CHANGE = ("steps", "time_budget")
+_RESUME_MAY_CHANGE = ("steps", "time_budget", "text")
 
 
 def _warn(message: str) -> None:
@@ -155,9 +155,11 @@ def _cmd_train(args) -> int:
             fixed.append("out")
         if fixed:
             raise ValueError(
-                "--resume continues a run with its saved settings; only --steps and --time-budget may change "
+                "--resume continues a run with its saved settings; only --steps, --time-budget and --text (the "
+                "same text at a new place) may change "
                 f"(got {', '.join('--' + n.replace('_', '-') for n in fixed)})")
-        trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget, warn=_warn)
+        trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget, warn=_warn,
+                                 text=args.text)
         out = Path(args.resume)
         print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
     else:
@@ -173,6 +175,8 @@ def _cmd_train(args) -> int:
         values["clip_norm"] = values["clip_norm"] or None  # --clip-norm 0: off
         if values["steps"] is None:  # the option's default is None so that --resume can keep the saved value
             del values["steps"]
+        if values.get("text") is not None:  # stored absolute: a resume from elsewhere finds it
+            values["text"] = str(Path(values["text"]).resolve())
         config = TrainConfig(**values)
         name = args.task or (Path(args.text).stem if args.text else "default-corpus")
         out = Path(args.out) if args.out else _new_run_dir(name)
@@ -319,7 +323,7 @@ def _cmd_flow(args) -> int:
             data = TaskData(config)
         else:
             # The held-out text as the run read it; its streams are long enough for some T, not any.
-            data = TextData(config, vocab=Vocabulary.from_json(meta["vocab"]))
+            data = TextData(config, vocab=Vocabulary.from_json(meta["vocab"]), fingerprint=meta["data"]["fingerprint"])
             if data.val_x.shape[0] < args.T:
                 raise ValueError(f"-T {args.T} is longer than the held-out text of this run allows "
                                  f"({data.val_x.shape[0]} steps); use a smaller -T")

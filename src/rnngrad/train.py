@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import numbers
 import time
 import warnings
@@ -179,16 +180,26 @@ class TextData:
 
     kind = "text"
 
-    def __init__(self, config: TrainConfig, vocab: Vocabulary | None = None):
+    def __init__(self, config: TrainConfig, vocab: Vocabulary | None = None, fingerprint: str | None = None):
+        """``fingerprint``: the SHA-256 the text must have (a resumed run's); checked before the text
+        is used in any way, so a checkpoint naming another file never makes its content show."""
         config.validate()
         k, B = config.chunk_len, config.batch_size
         if config.text is not None:
+            if fingerprint is not None and not os.path.isfile(config.text):
+                raise ValueError(f"the text file this run was trained on, {config.text!r}, is missing or no "
+                                 f"longer a regular file; give the text's new place with --text PATH "
+                                 f"(Trainer.resume(text=...)): it must have the same content")
             text = load_text(config.text, min_length=2, max_bytes=config.max_text_bytes)
             self.source = str(config.text)
         else:
             text = default_corpus(config.max_chars)
             self.source = "default corpus (Python standard library sources)"
         self.fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if fingerprint is not None and self.fingerprint != fingerprint:
+            raise CheckpointError(f"the training data changed since the checkpoint was written ({self.source} "
+                                  f"has SHA-256 {self.fingerprint[:12]}..., the run's had {fingerprint[:12]}...); "
+                                  f"resume needs the same text")
         self.vocab = vocab if vocab is not None else Vocabulary.from_text(text)
         tokens = self.vocab.encode(text)
         train, val = train_val_split(tokens, config.val_fraction)
@@ -387,7 +398,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None,
-               warn: Callable[[str], None] | None = None) -> "Trainer":
+               warn: Callable[[str], None] | None = None, text=None) -> "Trainer":
         """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit);
         ``warn`` receives one-line warnings (skipped metric rows), from the start."""
         out_dir = Path(out_dir)
@@ -396,13 +407,13 @@ class Trainer:
         lock = FolderLock(out_dir).acquire() if out_dir.is_dir() else FolderLock(out_dir)
         try:
             path, meta, arrays = load_training_checkpoint(out_dir)
-            return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn)
+            return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn, text)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
-    def _resumed(cls, out_dir, path, meta, arrays, lock, steps, time_budget, warn) -> "Trainer":
+    def _resumed(cls, out_dir, path, meta, arrays, lock, steps, time_budget, warn, text) -> "Trainer":
         try:
             config = TrainConfig.from_dict(meta["config"])
             saved_step = int(meta["progress"]["step"])
@@ -415,10 +426,15 @@ class Trainer:
             config.steps = steps
         if time_budget is not None:
             config.time_budget = time_budget
+        if text is not None:  # the same text at a new place (moved, or another working folder)
+            if config.text is None:
+                raise ValueError("this run was not trained on a --text file; resume it without --text")
+            config.text = str(Path(text).resolve())
         config.validate()
         try:
             vocab = None if meta.get("vocab") is None else Vocabulary.from_json(meta["vocab"])
-            data = TaskData(config) if config.task is not None else TextData(config, vocab=vocab)
+            data = (TaskData(config) if config.task is not None else
+                    TextData(config, vocab=vocab, fingerprint=meta["data"]["fingerprint"]))
             if data.fingerprint != meta["data"]["fingerprint"]:
                 raise CheckpointError(
                     f"the training data changed since the checkpoint was written ({data.source}); "
