@@ -183,9 +183,27 @@ def _rnngrad_contender(problem: dict, kernels: bool, workspace: bool = False) ->
     return run
 
 
+def torch_gradients_call(rnn, lin, x, h0, y, shape) -> Callable:
+    """One PyTorch call of loss + every gradient: ``nn.RNN`` (x, h0 requiring grad), ``nn.Linear``,
+    ``F.cross_entropy(reduction="sum")`` over the (T·B,) targets y, ``backward()``; returns the loss."""
+    import torch.nn.functional as F
+
+    T, B, O = shape[0], shape[1], shape[4]
+    leaves = [x, h0, *rnn.parameters(), *lin.parameters()]
+
+    def run():
+        for leaf in leaves:
+            leaf.grad = None  # as optimizer.zero_grad(set_to_none=True)
+        out, _ = rnn(x, h0)
+        loss = F.cross_entropy(lin(out).reshape(T * B, O), y, reduction="sum")
+        loss.backward()
+        return loss
+
+    return run
+
+
 def _torch_contender(problem: dict, threads: int) -> Callable[[], dict]:
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     T, B, D, H, O = problem["shape"]
@@ -203,15 +221,7 @@ def _torch_contender(problem: dict, threads: int) -> Callable[[], dict]:
     x = torch.from_numpy(problem["x"]).requires_grad_(True)
     h0 = torch.from_numpy(problem["h0"]).unsqueeze(0).clone().requires_grad_(True)
     y = torch.from_numpy(problem["y"].reshape(-1)).long()
-    leaves = [x, h0, *rnn.parameters(), *lin.parameters()]
-
-    def run():
-        for leaf in leaves:
-            leaf.grad = None  # as optimizer.zero_grad(set_to_none=True)
-        out, _ = rnn(x, h0)
-        loss = F.cross_entropy(lin(out).reshape(T * B, O), y, reduction="sum")
-        loss.backward()
-        return loss
+    run = torch_gradients_call(rnn, lin, x, h0, y, problem["shape"])
 
     def collect(loss):
         return {"loss": float(loss.detach()), "grads": {

@@ -97,7 +97,6 @@ def _rnngrad(problem: dict, engine: str, workspace: bool = False) -> Callable[[]
 
 def _torch(problem: dict, threads: int) -> Callable:
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     T, B, D, H, O, K, bi = problem["shape"]
@@ -113,16 +112,8 @@ def _torch(problem: dict, threads: int) -> Callable:
     x = torch.from_numpy(problem["x"]).clone().requires_grad_(True)
     h0 = torch.from_numpy(problem["h0"]).clone().requires_grad_(True)
     y = torch.from_numpy(problem["y"].reshape(-1)).long()
-    leaves = [x, h0, *rnn.parameters(), *lin.parameters()]
     named = dict(rnn.named_parameters())
-
-    def run():
-        for leaf in leaves:
-            leaf.grad = None  # as optimizer.zero_grad(set_to_none=True)
-        out, _ = rnn(x, h0)
-        loss = F.cross_entropy(lin(out).reshape(T * B, O), y, reduction="sum")
-        loss.backward()
-        return loss
+    run = bench.torch_gradients_call(rnn, lin, x, h0, y, problem["shape"])
 
     def collect(loss):
         grads = {"W_y": lin.weight.grad.numpy(), "b_y": lin.bias.grad.numpy(),
