@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "remove_stray_temporaries", "FolderLock", "FolderBusy", "make_new_folder", "LOCK_FILE"]
+__all__ = ["check_run_folder", "atomic_write", "remove_stray_temporaries", "FolderLock", "FolderBusy", "make_new_folder", "LOCK_FILE"]
 
 
 def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
@@ -117,6 +117,25 @@ class FolderLock:
         if self._fh is not None:
             self._fh.close()  # closing the file releases the flock
             self._fh = None
+
+
+def check_run_folder(path, name: str) -> Path:
+    """``path`` as a run folder: an existing folder or a name that can become one. Raise
+    ValueError naming the argument (``name``, e.g. "--out") for a file or a dangling link."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{name} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not "
+                         f"exist; create that folder first, or choose another {name}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a file, not a folder; the run writes several files into "
+                         f"a folder: choose a folder name (e.g. runs/{path.stem or 'run'})")
+    for parent in path.parents:  # the first existing ancestor must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(f"{name} {str(path)!r} lies under {str(parent)!r}, which is not a folder; "
+                                 f"choose another {name}")
+            break
+    return path
 
 
 def make_new_folder(base: Path) -> Path:

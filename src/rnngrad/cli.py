@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
+import os
 import re
 import shlex
 import signal
@@ -24,7 +26,7 @@ from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
 from .model import RECURRENT_INITS, RNN
-from ._io import make_new_folder
+from ._io import check_run_folder, make_new_folder
 from .validation import FLOAT_DTYPES
 
 __all__ = ["main", "build_parser"]
@@ -125,6 +127,44 @@ class _StopFlag:
         self.signal = signum
 
 
+class _DiscardWhenClosed:
+    """A text stream that goes on silently once its reader has gone (``rnngrad train | head``).
+
+    Training goes on with its output discarded: the run ends by its step limit, time budget
+    or Ctrl-C and saves as always, so a closed pipe never loses the steps trained so far.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.closed_by_reader = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                self.stream.write(text)
+            except (BrokenPipeError, ValueError):
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.closed_by_reader = True
+        try:  # what is still buffered goes to os.devnull, so that the exit's own flush succeeds too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+            pass
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the stream's own
+        return getattr(self.stream, name)
+
+
 def _format_row(row, steps: int) -> str:
     parts = [f"step {row.step:>{len(str(steps))}}/{steps}", f"train {row.train_loss:.4f}", f"val {row.val_loss:.4f}"]
     if row.grad_norm is not None:
@@ -179,7 +219,7 @@ def _cmd_train(args) -> int:
             values["text"] = str(Path(values["text"]).resolve())
         config = TrainConfig(**values)
         name = args.task or (Path(args.text).stem if args.text else "default-corpus")
-        out = Path(args.out) if args.out else _new_run_dir(name)
+        out = check_run_folder(args.out, "--out") if args.out else _new_run_dir(name)
         if (out / CHECKPOINT).exists():
             raise ValueError(f"--out {str(out)!r} already holds a run; continue it with --resume {out}, "
                              f"or choose another folder")
@@ -483,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _DiscardWhenClosed(sys.stdout), _DiscardWhenClosed(sys.stderr)
     try:
         return args.run(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
@@ -495,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         # so whatever was saved last is intact.
         print(f"rnngrad {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for wrapper in (sys.stdout, sys.stderr):
+            if isinstance(wrapper, _DiscardWhenClosed):
+                wrapper.flush()
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -307,8 +307,16 @@ class RNN:
                 and (h0_given is None or getattr(h0_given, "ndim", None) == 2 or np.ndim(h0_given) == 2))
 
     # --- the calls -----------------------------------------------------------------------
+    def _run_forward(self, check_finite, params, xs, h0s, engine, lengths, masks, workspace=None) -> Forward:
+        if not check_finite:
+            return network.forward(params, xs, h0s, self.architecture, engine, lengths, masks, workspace)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, in words
+            cache = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks, workspace)
+        network.check_finite_states(cache, self.architecture)
+        return cache
+
     def forward(self, x, h0=None, mask=None, dropout_seed=None, dropout_masks=None, engine=None,
-                lengths=None) -> Forward:
+                lengths=None, check_finite: bool = False) -> Forward:
         """Hidden states and outputs for x.
 
         Parameters
@@ -317,7 +325,7 @@ class RNN:
         h0 : (U, B, H), or (B, H) for one layer and one direction; optional (zeros)
         mask : (T, B), optional; for a bidirectional network its valid-steps prefix gives each
             sequence's length (see :meth:`gradients`)
-        dropout_seed, dropout_masks, engine, lengths : see :meth:`gradients`
+        dropout_seed, dropout_masks, engine, lengths, check_finite : see :meth:`gradients`
 
         Returns
         -------
@@ -326,12 +334,12 @@ class RNN:
         """
         engine = get_engine(engine)
         params, xs, h0s, _, lengths, masks = self._prepare(x, h0, mask, dropout_seed, dropout_masks, lengths)
-        fwd = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks)
+        fwd = self._run_forward(check_finite, params, xs, h0s, engine, lengths, masks)
         return self._public(fwd, self._single_state(h0))
 
     def gradients(self, x, y, h0=None, mask=None, reduction: str = "sum", need=None,
                   workspace: Workspace | None = None, dropout_seed=None, dropout_masks=None,
-                  engine=None, lengths=None) -> Gradients:
+                  engine=None, lengths=None, check_finite: bool = False) -> Gradients:
         """Loss and every gradient of seed §1 by backpropagation through time.
 
         Parameters
@@ -366,6 +374,10 @@ class RNN:
             there), for any network. With lengths, ``mask`` weights the loss in any pattern
             within them (default: every valid step); a bidirectional network needs them to
             take a mask that is not a prefix (e.g. the loss at the last step only).
+        check_finite : bool, default False
+            Raise FloatingPointError naming the layer and step where the hidden states first
+            overflow to Inf/NaN (an unbounded f with large weights), instead of returning a NaN
+            loss; NumPy's overflow warnings are then silenced. Costs one pass over the states.
 
         Returns
         -------
@@ -378,7 +390,7 @@ class RNN:
         params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
                                                                    dropout_seed, dropout_masks, lengths)
         arch = self.architecture
-        cache = network.forward(params, xs, h0s, arch, engine, lengths, masks, workspace)
+        cache = self._run_forward(check_finite, params, xs, h0s, engine, lengths, masks, workspace)
         res = network.backward(params, cache, ys, w, arch, engine, need=need, workspace=workspace)
         # The result is this call's own: shaped for the caller in place. dh is (T, B, H) for one
         # unit (whatever h0's shape), else (U, T, B, H); dh0 and h_last are shaped as h0.
@@ -395,13 +407,14 @@ class RNN:
         return res
 
     def loss(self, x, y, h0=None, mask=None, reduction: str = "sum", workspace: Workspace | None = None,
-             dropout_seed=None, dropout_masks=None, engine=None, lengths=None) -> float:
+             dropout_seed=None, dropout_masks=None, engine=None, lengths=None,
+             check_finite: bool = False) -> float:
         """The loss L alone (no backward pass); arguments as :meth:`gradients` (a workspace
         passed here overwrites the results of an earlier call with it, too)."""
         engine = get_engine(engine)
         params, xs, h0s, ys, w, lengths, masks = self._prepare_loss(x, y, h0, mask, reduction, workspace,
                                                                    dropout_seed, dropout_masks, lengths)
-        cache = network.forward(params, xs, h0s, self.architecture, engine, lengths, masks, workspace)
+        cache = self._run_forward(check_finite, params, xs, h0s, engine, lengths, masks, workspace)
         return network.loss(params, cache, ys, w, self.architecture, engine, workspace)
 
     # --- PyTorch -------------------------------------------------------------------------

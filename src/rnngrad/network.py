@@ -37,7 +37,7 @@ from .losses import Loss
 from .workspace import Workspace, empty
 
 __all__ = ["Architecture", "Forward", "Gradients", "forward", "backward", "loss", "layer_param_names",
-           "flip_index", "flip", "OPTIONAL_GRADS", "LAYER_PARAMS", "HEAD_PARAMS"]
+           "flip_index", "flip", "check_finite_states", "OPTIONAL_GRADS", "LAYER_PARAMS", "HEAD_PARAMS"]
 
 #: The state gradients a gradients call may skip (``need``).
 OPTIONAL_GRADS = ("dx", "dh0", "dy_hat")
@@ -210,6 +210,31 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray, arch: Architecture, eng
     h_last = finals[0] if len(finals) == 1 else np.concatenate(finals)
     # Positional (x, h0, h, a, y_hat, h_last, layers, dropout_masks, lengths): keywords cost twice as much.
     return Forward(x, h0, inp, a, y_hat, h_last, caches, dropout_masks, lengths)
+
+
+def check_finite_states(cache: Forward, arch: Architecture) -> None:
+    """Raise FloatingPointError naming the first unit and step whose states are Inf or NaN.
+
+    States that grow without bound (an unbounded f such as ReLU, or identity, with a large
+    W_h) overflow to Inf, and Inf - Inf gives NaN from there on; the loss is then NaN with no
+    word of where. This says where, and what usually fixes it. Reverse units are checked in
+    their own (flipped) time.
+    """
+    for u, layer in enumerate(cache.layers):
+        bad = ~np.isfinite(layer.h).reshape(layer.h.shape[0], -1).all(axis=1)
+        if bad.any():
+            t = int(np.argmax(bad))
+            k, d = divmod(u, arch.directions)
+            # A reverse unit runs in flipped time: its step t is t steps before each sequence's end.
+            where = (f"layer {k} (reverse direction) at its step {t}, counted from each sequence's end" if d
+                     else f"layer {k} at step t={t}")
+            raise FloatingPointError(
+                f"the hidden states of {where} overflowed to Inf/NaN (f={arch.f.name}); scale W_h or the inputs down (e.g. recurrent_init, a lower "
+                f"learning rate, gradient clipping) or use a bounded f such as tanh")
+    for name, arr in (("outputs y_hat", cache.y_hat), ("output pre-activations a", cache.a)):
+        if not np.isfinite(arr).all():
+            raise FloatingPointError(f"the {name} are Inf/NaN although every hidden state is finite: "
+                                     f"W_y or b_y hold Inf/NaN or overflow; check the head's parameters")
 
 
 def loss(params: dict, cache: Forward, y: np.ndarray, w: np.ndarray | None, arch: Architecture, engine,

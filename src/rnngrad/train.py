@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import numbers
+import os
+import shlex
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -33,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._io import FolderLock, atomic_write, remove_stray_temporaries
+from ._io import FolderLock, atomic_write, check_run_folder, remove_stray_temporaries
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
 from .data.text import MAX_TEXT_BYTES
@@ -45,7 +46,7 @@ from .optim import OPTIMIZERS, clip_grad_norm, clip_grad_value, make_optimizer
 from .validation import FLOAT_DTYPES, all_finite, check_choice, check_positive_int, check_real, check_seed
 from .workspace import Workspace
 
-__all__ = ["TrainConfig", "Trainer", "TextData", "TaskData", "LogRow", "load_training_checkpoint",
+__all__ = ["TrainConfig", "Trainer", "RunWriteError", "TextData", "TaskData", "LogRow", "load_training_checkpoint",
            "CHECKPOINT", "METRICS", "LOSS_PLOT"]
 
 CHECKPOINT = "checkpoint.npz"
@@ -54,6 +55,13 @@ LOSS_PLOT = "loss.png"
 
 # The optimizers that take a momentum (read from their hyperparameters, not listed by hand).
 MOMENTUM_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "momentum" in cls.hyper)
+
+
+class RunWriteError(OSError):
+    """A file of the run folder could not be written; its message names the file and what is intact."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return str(self.strerror)
 
 
 @dataclass
@@ -344,7 +352,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir, *, model: RNN | None = None, data=None):
         self.config = config.validate()
-        self.out_dir = Path(out_dir)
+        self.out_dir = check_run_folder(out_dir, "out_dir")
         self.data = data if data is not None else (
             TaskData(config) if config.task is not None else TextData(config))
         d = self.data
@@ -367,6 +375,8 @@ class Trainer:
         self.lock = FolderLock(self.out_dir)
         # The step of the last save, while nothing changed since (so run() need not save it again).
         self._saved_at: int | None = None
+        # The step that checkpoint.npz holds on disk (None: none written yet), named when a write fails.
+        self.saved_step: int | None = None
         self.plot_note: str | None = "not drawn yet"  # why the last write_plot wrote nothing (None: it wrote one)
         # Where a best-effort failure (loss.png) is reported; the CLI prints it as one line.
         self.warn: Callable[[str], None] = lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -391,10 +401,22 @@ class Trainer:
         arrays = {f"optim/{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         if self.h is not None:
             arrays["state/h"] = self.h
-        path = save_checkpoint(self.checkpoint_path, self.model, meta, arrays)
+        try:
+            path = save_checkpoint(self.checkpoint_path, self.model, meta, arrays)
+        except OSError as err:
+            raise self._write_failed(self.checkpoint_path, err) from None
+        self._saved_at = self.saved_step = p.step
         self.write_plot()
-        self._saved_at = p.step
         return path
+
+    def _write_failed(self, path: Path, err: OSError) -> OSError:
+        """One line for a failed write (a full disk, a folder made read-only): the file, the
+        reason, and what is still intact, so nothing is guessed before resuming."""
+        intact = (f"{CHECKPOINT} still holds step {self.saved_step} intact" if self.saved_step is not None
+                  else f"no {CHECKPOINT} was written yet")
+        return RunWriteError(err.errno, f"could not write {path} at step {self.progress.step} "
+                                 f"({err.strerror or err}); {intact}; free space or fix the folder, "
+                                 f"then continue with rnngrad train --resume {shlex.quote(str(self.out_dir))}")
 
     @classmethod
     def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None,
@@ -451,6 +473,7 @@ class Trainer:
             trainer.optimizer.load_state_dict(opt)
             trainer.progress = _checked_progress(meta["progress"])
             trainer.h = arrays.get("state/h")
+            trainer.saved_step = trainer.progress.step
         except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} is incomplete or damaged: {err}") from None
         # Keep exactly the metric rows the checkpoint has seen; later ones (written after
@@ -517,9 +540,12 @@ class Trainer:
         p.window_loss = p.window_norm = p.window_time = 0.0
         p.window_steps = p.window_tokens = 0
         self._saved_at = None  # the rows and the log window changed since the last save
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
-            fh.write(row.to_json() + "\n")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
+                fh.write(row.to_json() + "\n")
+        except OSError as err:  # a torn last line is cut when the run is resumed
+            raise self._write_failed(self.out_dir / METRICS, err) from None
         return row
 
     def step(self) -> float:
@@ -576,7 +602,10 @@ class Trainer:
                                  f"Trainer.resume (rnngrad train --resume {self.out_dir}), or choose another folder")
             # A new run: metrics.jsonl starts afresh, replacing (atomically) any file an earlier run
             # left in the folder; a resumed run appends to the rows its checkpoint has seen.
-            atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
+            try:
+                atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
+            except OSError as err:
+                raise self._write_failed(self.out_dir / METRICS, err) from None
             first = self.data.batch(0, cfg)
             loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean", lengths=first.lengths)
             row = self._log(self.data.val_loss(self.model), first_loss=loss0)
