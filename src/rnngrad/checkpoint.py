@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -153,7 +155,10 @@ def load_checkpoint(path, groups=None, max_bytes: int = MAX_BYTES) -> tuple[dict
         arrays = _read_members(path, groups, max_bytes)
     except CheckpointError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, MemoryError) as err:
+    # What zipfile and numpy raise on damaged bytes: RuntimeError for a member flagged encrypted,
+    # NotImplementedError for an unknown compression method, zlib.error for bad deflate data.
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, MemoryError, RuntimeError,
+            NotImplementedError, OverflowError, zlib.error, struct.error) as err:
         raise CheckpointError(
             f"{str(path)!r} is not a readable rnngrad checkpoint (truncated, corrupted or another "
             f"kind of file): {type(err).__name__}: {err}") from None

@@ -166,7 +166,15 @@ class RNN:
         check_choice("recurrent_init", recurrent_init, RECURRENT_INITS)
         self.recurrent_init = recurrent_init
         self._shapes = self._parameter_shapes()  # the sizes are fixed: checked on every call
-        self.params = self._init_params(check_seed(seed))
+        rng = check_seed(seed)
+        try:
+            self.params = self._init_params(rng)
+        except (MemoryError, ValueError) as err:  # ValueError: a size NumPy cannot even express
+            n = sum(int(np.prod(s, dtype=object)) for s in self._shapes.values())
+            raise ValueError(
+                f"these sizes need {n:,} parameters ({n * self.dtype.itemsize / 2**30:,.1f} GiB of "
+                f"{self.dtype}), more than this machine could allocate ({type(err).__name__}); choose a "
+                f"smaller hidden_size (W_h is hidden_size x hidden_size), input_size or output_size") from None
 
     # --- structure -----------------------------------------------------------------------
     @property
