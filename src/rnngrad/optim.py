@@ -1,4 +1,5 @@
-"""Optimizers and gradient clipping over the ``params`` / ``grads`` dicts of :class:`rnngrad.RNN`.
+"""Optimizers over the ``params`` / ``grads`` dicts of :class:`rnngrad.RNN` (gradient clipping:
+:mod:`rnngrad.clipping`, re-exported here; learning-rate schedules: :mod:`rnngrad.schedules`).
 
 Every optimizer updates the parameter arrays *in place* (the model's own arrays), so
 ``model.params`` changes after ``opt.step(grads)`` without any reassignment. Whatever keys
@@ -8,13 +9,23 @@ direction's for deeper networks), and ``grads`` must have exactly those keys, as
 
 The update rules are those of ``torch.optim`` (PyTorch 2.x, default options not exposed
 here held at their defaults: dampening 0, no lr decay, not centred, not amsgrad), so that
-the tests can compare against it step by step. With g = dL/dθ and step count s = 1, 2, ...:
+the tests can compare against it step by step. With g = dL/dθ, step count s = 1, 2, ...
+and weight decay λ (0 by default; L2, i.e. added to the gradient, except in AdamW):
 
     SGD       d = g + λ θ;  buf = d (s = 1) or μ buf + d;  d = d + μ buf (Nesterov) or buf;  θ -= lr d
-    Adagrad   G += g²;  θ -= lr g / (√G + ε)
-    RMSprop   v = α v + (1 − α) g²;  buf = μ buf + g / (√v + ε);  θ -= lr buf   (μ = 0: θ -= lr g / (√v + ε))
+    Adagrad   d = g + λ θ;  G += d²;  θ -= lr d / (√G + ε)
+    RMSprop   d = g + λ θ;  v = α v + (1 − α) d²;  buf = μ buf + d / (√v + ε);  θ -= lr buf
+              (μ = 0: θ -= lr d / (√v + ε))
     Adam      m = β₁ m + (1 − β₁) g;  v = β₂ v + (1 − β₂) g²;
               θ -= (lr / (1 − β₁ˢ)) m / (√v / √(1 − β₂ˢ) + ε)
+    AdamW     θ = θ (1 − lr λ) (decoupled decay), then the Adam step
+
+Weight decay acts on every parameter, the biases b_h and b_y included: torch decays every
+parameter of a group, and these optimizers have one group (``model.params``).
+
+The learning rate may change from update to update (a schedule, :mod:`rnngrad.schedules`):
+``opt.step(grads, lr=schedule.lr_at(updates_done))`` uses that lr for this update and everything
+that depends on it (AdamW's decay too), as torch's schedulers set ``param_group["lr"]``.
 
 State is a flat dict (see :meth:`Optimizer.state_dict`): numbers for the hyperparameters
 and step count, arrays named ``"<slot>.<param>"`` (e.g. ``"exp_avg.W_h"``), so it can be
@@ -29,30 +40,46 @@ from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
+# Clipping lives in its own module; importers of rnngrad.optim (train.py) keep finding it here.
+from .clipping import clip_grad_norm, clip_grad_value
+
 __all__ = [
     "Optimizer",
     "SGD",
     "Adagrad",
     "RMSprop",
     "Adam",
+    "AdamW",
     "OPTIMIZERS",
     "make_optimizer",
     "clip_grad_norm",
     "clip_grad_value",
+    "check_weight_decay",
 ]
 
 
 def _check_number(name: str, value, low: float = 0.0, high: float | None = None,
-                  high_open: bool = False, allow_inf: bool = False) -> float:
-    """A real number in [low, high] (or [low, high) when ``high_open``); finite unless ``allow_inf``."""
+                  high_open: bool = False) -> float:
+    """A finite real number in [low, high] (or [low, high) when ``high_open``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
     value = float(value)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < low or too_high:
+    if not math.isfinite(value) or value < low or too_high:
         bound = "" if high is None else (f", {high})" if high_open else f", {high}]")
         interval = f"[{low}" + (bound or ", inf)")
         raise ValueError(f"{name} must lie in {interval}; got {value}")
+    return value
+
+
+def check_weight_decay(value, name: str = "weight_decay") -> float:
+    """The weight decay λ as a float: a finite real number >= 0 (0 turns decay off)."""
+    expected = f"{name} must be a finite number >= 0 (e.g. 0.01; 0 for no decay)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{expected}; got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{expected}; got {value!r}")
     return value
 
 
@@ -110,6 +137,9 @@ class Optimizer:
     name = "optimizer"
     hyper: tuple = ()
     slots: tuple = ()
+    #: Hyperparameters added after states of this optimizer were first saved, each with the value
+    #: that reproduces the earlier updates: a state saved without them loads with these.
+    hyper_defaults: dict = {}
 
     def __init__(self, params):
         self.params = _check_param_dict(params)
@@ -122,7 +152,7 @@ class Optimizer:
             slot: {k: np.zeros_like(self.params[k]) for k in self.keys} for slot in self.slots
         }
 
-    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+    def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
         """Apply one update to ``params`` in place.
 
         Parameters
@@ -131,7 +161,11 @@ class Optimizer:
             shaped as the parameters; other keys are ignored. ``grads`` is not modified,
             and is not checked for NaN/Inf here: test the norm that :func:`clip_grad_norm`
             returns before stepping if a run may diverge.
+        lr : float >= 0, optional
+            The learning rate of this update, e.g. ``schedule.lr_at(s)`` after s updates; it
+            becomes the optimizer's ``lr`` (the one :meth:`state_dict` saves). None: keep ``lr``.
         """
+        lr = None if lr is None else _check_number("lr", lr)
         g = _check_grads(grads, self.params, self.keys)
         for k in self.keys:
             if self.params[k].shape != self._state_shape(k):
@@ -139,6 +173,8 @@ class Optimizer:
                     f"params[{k!r}] changed shape from {self._state_shape(k)} to {self.params[k].shape} "
                     f"since the optimizer was created; make a new optimizer"
                 )
+        if lr is not None:  # set only once the call can no longer fail
+            self.lr = lr
         self.step_count += 1
         for k in self.keys:
             self._update(k, self.params[k], g[k], {slot: self.state[slot][k] for slot in self.slots})
@@ -168,10 +204,12 @@ class Optimizer:
         """Restore a :meth:`state_dict` (numbers may come back as 0-d arrays from an ``.npz``).
 
         Hyperparameters are restored too, as torch does, so that a resumed run continues
-        exactly. Raises ValueError for missing or extra keys or wrongly shaped arrays.
+        exactly; one in :attr:`hyper_defaults` may be absent (a state saved before it existed).
+        Raises ValueError for missing or extra keys or wrongly shaped arrays.
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"state must be a dict from state_dict(); got {type(d).__name__}")
+        d = {**self.hyper_defaults, **d}
         expected = set(self.hyper) | {"step"} | {f"{s}.{k}" for s in self.slots for k in self.keys}
         missing, extra = sorted(expected - set(d)), sorted(set(d) - expected)
         if missing or extra:
@@ -247,7 +285,7 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.weight_decay = check_weight_decay(weight_decay)
         super().__init__(params)
 
     def _ctor_kwargs(self, hyper):
@@ -267,34 +305,40 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """Adagrad: ``G += g²``, ``θ -= lr·g / (√G + eps)``; as ``torch.optim.Adagrad``
-    with no lr decay, weight decay or initial accumulator.
+    """Adagrad: ``d = g + weight_decay·θ``, ``G += d²``, ``θ -= lr·d / (√G + eps)``; as
+    ``torch.optim.Adagrad`` with no lr decay or initial accumulator.
 
     Parameters
     ----------
     params : dict of arrays, updated in place
     lr : float >= 0
     eps : float >= 0, default 1e-10
+    weight_decay : float >= 0, default 0 (L2: added to the gradient, as torch)
     """
 
     name = "adagrad"
-    hyper = ("lr", "eps")
+    hyper = ("lr", "eps", "weight_decay")
     slots = ("sum",)
+    hyper_defaults = {"weight_decay": 0.0}
 
-    def __init__(self, params, lr: float, eps: float = 1e-10):
+    def __init__(self, params, lr: float, eps: float = 1e-10, weight_decay: float = 0.0):
         self.lr = _check_number("lr", lr)
         self.eps = _check_number("eps", eps)
+        self.weight_decay = check_weight_decay(weight_decay)
         super().__init__(params)
 
     def _update(self, key, p, g, s):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
         G = s["sum"]
         G += g * g
         p -= self.lr * (g / (np.sqrt(G) + self.eps))
 
 
 class RMSprop(Optimizer):
-    """RMSprop: ``v = α·v + (1 − α)·g²``; ``θ -= lr·g / (√v + eps)``, or with momentum μ > 0
-    ``buf = μ·buf + g / (√v + eps)``, ``θ -= lr·buf``. As ``torch.optim.RMSprop`` (not centred).
+    """RMSprop: ``d = g + weight_decay·θ``, ``v = α·v + (1 − α)·d²``; ``θ -= lr·d / (√v + eps)``,
+    or with momentum μ > 0 ``buf = μ·buf + d / (√v + eps)``, ``θ -= lr·buf``. As
+    ``torch.optim.RMSprop`` (not centred).
 
     Parameters
     ----------
@@ -303,20 +347,26 @@ class RMSprop(Optimizer):
     alpha : float in [0, 1], default 0.99 (smoothing of the squared gradient)
     eps : float >= 0, default 1e-8
     momentum : float >= 0, default 0
+    weight_decay : float >= 0, default 0 (L2: added to the gradient, as torch)
     """
 
     name = "rmsprop"
-    hyper = ("lr", "alpha", "eps", "momentum")
+    hyper = ("lr", "alpha", "eps", "momentum", "weight_decay")
     slots = ("square_avg", "momentum_buffer")
+    hyper_defaults = {"weight_decay": 0.0}
 
-    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0):
+    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
         self.lr = _check_number("lr", lr)
         self.alpha = _check_number("alpha", alpha, 0.0, 1.0)
         self.eps = _check_number("eps", eps)
         self.momentum = _check_number("momentum", momentum)
+        self.weight_decay = check_weight_decay(weight_decay)
         super().__init__(params)
 
     def _update(self, key, p, g, s):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
         v = s["square_avg"]
         v *= self.alpha
         v += (1 - self.alpha) * (g * g)
@@ -376,11 +426,44 @@ class Adam(Optimizer):
         p -= step_size * (m / denom)
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam)}
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``: decoupled weight decay
+    ``θ = θ·(1 − lr·weight_decay)`` first, then the :class:`Adam` step, both with this update's lr.
+
+    Unlike L2 decay (``weight_decay·θ`` added to g, as SGD, Adagrad and RMSprop do), the decay
+    bypasses the moments m and v, so it is not rescaled by 1/√v̂: every weight shrinks by the
+    same fraction lr·weight_decay per update. Every parameter is decayed, biases included (torch's
+    default for a single parameter group).
+
+    Parameters
+    ----------
+    params : dict of arrays, updated in place
+    lr, betas, eps : as :class:`Adam`
+    weight_decay : float >= 0, default 0.01 (torch's)
+    """
+
+    name = "adamw"
+    hyper = Adam.hyper + ("weight_decay",)
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        self.weight_decay = check_weight_decay(weight_decay)
+        super().__init__(params, lr, betas=betas, eps=eps)
+
+    def _ctor_kwargs(self, hyper):
+        return {**super()._ctor_kwargs(hyper), "weight_decay": hyper["weight_decay"]}
+
+    def _update(self, key, p, g, s):
+        if self.weight_decay:
+            # torch's param.mul_(1 - lr * weight_decay): one factor, before the moments are updated.
+            p *= 1 - self.lr * self.weight_decay
+        super()._update(key, p, g, s)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam, AdamW)}
 
 
 def make_optimizer(name: str, params, lr: float, **kw) -> Optimizer:
-    """The optimizer called ``name`` ("sgd", "adagrad", "rmsprop", "adam") over ``params``.
+    """The optimizer called ``name`` ("sgd", "adagrad", "rmsprop", "adam", "adamw") over ``params``.
 
     Extra keyword arguments go to its constructor (e.g. ``momentum=0.9`` for "sgd").
     """
@@ -390,68 +473,14 @@ def make_optimizer(name: str, params, lr: float, **kw) -> Optimizer:
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[key]
+    if "weight_decay" in kw and "weight_decay" not in cls.hyper:
+        # Adam's L2 form (torch.optim.Adam(weight_decay=...)) is not offered: its decay is rescaled
+        # by 1/sqrt(v), which is what the decoupled form exists to avoid.
+        raise TypeError(f"optimizer {key!r} does not take weight_decay; use 'adamw' for Adam with (decoupled) "
+                        f"weight decay, or one of {[n for n, c in OPTIMIZERS.items() if 'weight_decay' in c.hyper]}")
     try:
         return cls(params, lr, **kw)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise TypeError(f"optimizer {key!r} does not take that option: {err}") from None
         raise
-
-
-def _sum_of_squares(a: np.ndarray) -> float:
-    """||a||² as one BLAS call in a's dtype (as torch sums float32 gradients in float32). A
-    float32 gradient of norm beyond ~1.8e19 overflows that sum to inf and would escape clipping
-    exactly when clipping is needed: then the sum is redone in float64 (a copy, so only then)."""
-    s = float(np.vdot(a, a))
-    if not math.isfinite(s) and a.dtype != np.float64:
-        r = a.ravel().astype(np.float64)
-        s = float(np.dot(r, r))
-    return s
-
-
-def clip_grad_norm(grads: MutableMapping[str, np.ndarray], max_norm: float,
-                   keys: Sequence[str] | None = None) -> float:
-    """Scale the gradients in ``keys`` (default: every key of ``grads``) in place so their global 2-norm is at most ``max_norm``.
-
-    ``total = sqrt(sum_k ||grads[k]||²)``; if ``total > max_norm`` every gradient is
-    multiplied by ``max_norm / (total + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``.
-
-    ``max_norm=math.inf`` only measures. Returns the norm *before* clipping (log it to
-    watch for explosions). When it is not finite the gradients are left unchanged (torch
-    would fill them with NaN), so the caller can see ``inf``/``nan`` and skip the step.
-    """
-    max_norm = _check_number("max_norm", max_norm, allow_inf=True)
-    arrays = _grad_arrays(grads, keys)
-    total = math.sqrt(sum(_sum_of_squares(a) for a in arrays.values()))
-    coef = max_norm / (total + 1e-6)
-    if math.isfinite(total) and coef < 1.0:
-        for a in arrays.values():
-            a *= coef
-    return total
-
-
-def clip_grad_value(grads: MutableMapping[str, np.ndarray], clip_value: float,
-                    keys: Sequence[str] | None = None) -> None:
-    """Clamp every entry of the gradients in ``keys`` (default: every key of ``grads``) to [-clip_value, clip_value], in place
-    (as ``torch.nn.utils.clip_grad_value_``)."""
-    clip_value = _check_number("clip_value", clip_value, allow_inf=True)
-    for a in _grad_arrays(grads, keys).values():
-        np.clip(a, -clip_value, clip_value, out=a)
-
-
-def _grad_arrays(grads, keys: Sequence[str]) -> dict:
-    if not isinstance(grads, MutableMapping):
-        raise TypeError(f"grads must be a dict of arrays; got {type(grads).__name__}")
-    if keys is None:
-        keys = list(grads)
-    if isinstance(keys, str):
-        raise TypeError(f"keys must be a sequence of names such as {list(grads)[:3]}; got the string {keys!r}")
-    out = {}
-    for k in keys:
-        if k not in grads:
-            raise ValueError(f"grads is missing {k!r} (keys to clip: {list(keys)})")
-        a = grads[k]
-        if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or not a.flags.writeable:
-            raise TypeError(f"grads[{k!r}] must be a writable floating-point numpy array (clipped in place)")
-        out[k] = a
-    return out
