@@ -12,12 +12,32 @@ from .gradcheck import GradCheckReport, check_gradients
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss
 from .model import RNN
 from .network import Forward, Gradients
+from .rtrl import RTRLState, RTRLStep, rtrl_gradients, rtrl_init, rtrl_step, uoro_gradients
 from .workspace import Workspace
+
+from .forward_mode import ForwardTangents, forward_tangents, jvp
+from .curvature import LossCurvature, curvature_at, gnvp, hvp
+from .hessian_free import HessianFree, RNNObjective
 
 __version__ = "0.2.0"
 
 __all__ = [
     "RNN",
+    "jvp",
+    "forward_tangents",
+    "ForwardTangents",
+    "hvp",
+    "gnvp",
+    "curvature_at",
+    "LossCurvature",
+    "HessianFree",
+    "RNNObjective",
+    "rtrl_gradients",
+    "rtrl_init",
+    "rtrl_step",
+    "RTRLState",
+    "RTRLStep",
+    "uoro_gradients",
     "Forward",
     "Gradients",
     "Workspace",
