@@ -65,13 +65,13 @@ def test_help_lists_defaults():
     ("\\q \\é end\\", "\\q \\é end\\"),           # not an escape: kept as typed
 ])
 def test_prime_escapes_expand_and_keep_non_ascii(text, expected):
-    from rnngrad.cli import _expand_escapes
+    from rnngrad.sample_cli import _expand_escapes
     assert _expand_escapes(text) == expected
 
 
 @pytest.mark.parametrize("text", ["\\N{NO SUCH NAME}", "\\U00110000"])
 def test_invalid_prime_escape_is_a_clear_error(text):
-    from rnngrad.cli import _expand_escapes
+    from rnngrad.sample_cli import _expand_escapes
     with pytest.raises(ValueError, match=r"--prime has an invalid escape"):
         _expand_escapes(text)
 

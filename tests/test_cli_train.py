@@ -1,6 +1,7 @@
 """rnngrad train / sample / flow end to end, as a user runs them (subprocesses)."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -40,11 +41,14 @@ def test_train_then_sample_then_flow(tmp_path, text_file):
     assert p.returncode == 0, p.stderr
     assert "output folder" in p.stdout and "below the baseline" in p.stdout and "--- sample" in p.stdout
     # The lock file stays (deleting it would race with a process about to lock it); it holds no lock.
-    assert {f.name for f in out.iterdir()} == {"checkpoint.npz", "metrics.jsonl", "loss.png", ".rnngrad.lock"}
+    assert {f.name for f in out.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.jsonl", "loss.png",
+                                               ".rnngrad.lock"}
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = rows(out)
     assert r[0]["step"] == 0 and r[-1]["step"] == 60
-    assert set(r[1]) >= {"step", "train_loss", "val_loss", "tokens_per_s", "grad_norm"}
+    assert set(r[1]) >= {"step", "train_loss", "val_loss", "val_bpc", "val_perplexity", "tokens_per_s", "grad_norm"}
+    assert all(row["val_bpc"] == row["val_loss"] / math.log(2) for row in r)
+    assert "val_accuracy" not in r[1] and "lr" not in r[1]  # a task's metric; a schedule's
     assert r[-1]["val_loss"] < r[0]["val_loss"]
 
     s = rnngrad("sample", "--checkpoint", out, "--length", 80, "--prime", "It was", "--seed", 1)
@@ -109,7 +113,7 @@ def test_sigterm_also_saves(tmp_path, text_file):
     (b"", "is empty"),
     (b"\x00\x01\x02binary\xff\xfe" * 50, ""),
     (b"caf\xe9 au lait " * 100, "UTF-8"),
-    (b"too short", "too short"),
+    (b"too short", "too few to hold out --val-fraction"),
 ])
 def test_bad_text_files_give_one_line_errors(tmp_path, content, message):
     p = tmp_path / "bad.txt"
@@ -164,7 +168,7 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, text_file):
     assert rnngrad("train", "--text", text_file, "--steps", 5, "--out", out, *SMALL).returncode == 0
     r = rnngrad("train", "--resume", out, "--hidden-size", 64, "--lr", 0.1)
     assert r.returncode == 2
-    assert "only --steps, --time-budget and --text (the same text at a new place) may change (got --hidden-size, --lr)" in r.stderr
+    assert "only --steps, --time-budget, --early-stopping and --text (the same text at a new place) may change (got --hidden-size, --lr)" in r.stderr
     r = rnngrad("train", "--resume", out, "--steps", 8, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert rows(out)[-1]["step"] == 8
@@ -204,7 +208,7 @@ def test_damaged_training_checkpoint_is_refused_clearly(tmp_path):
 
 def test_momentum_for_adam_is_refused(tmp_path, text_file):
     r = rnngrad("train", "--text", text_file, "--momentum", 0.9, "--out", tmp_path / "r", *SMALL)
-    assert r.returncode == 2 and "momentum applies to the sgd and rmsprop optimizers" in r.stderr
+    assert r.returncode == 2 and "momentum (--momentum) applies to the sgd and rmsprop optimizers" in r.stderr
 
 
 def test_a_new_run_does_not_append_to_an_old_metrics_file(tmp_path, text_file):

@@ -87,7 +87,7 @@ def test_dropout_changes_training_and_the_seed_fixes_it(tmp_path):
     (dict(bidirectional=True), "a bidirectional network cannot be trained on text"),
     (dict(dropout=0.2), r"dropout \(--dropout\) acts between stacked layers"),
     (dict(dropout=1.0, num_layers=2), r"dropout \(--dropout\) must lie in \[0, 1\)"),
-    (dict(num_layers=0), "num_layers must be a positive integer"),
+    (dict(num_layers=0), "num_layers \\(--num-layers\\) must be a positive integer"),
 ])
 def test_bad_deep_config(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -67,11 +67,11 @@ def small_task(steps=30):
 def test_a_full_disk_names_the_file_and_the_intact_checkpoint(tmp_path, monkeypatch):
     real, calls = train_module.save_checkpoint, []
 
-    def second_save_fails(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
+    def second_save_fails(path, *args, **kw):
+        calls.append(path.name)
+        if calls.count("checkpoint.npz") == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, **kw)
+        return real(path, *args, **kw)
 
     monkeypatch.setattr(train_module, "save_checkpoint", second_save_fails)
     with pytest.raises(RunWriteError) as info:
@@ -89,7 +89,7 @@ def test_an_unwritable_metrics_file_names_itself(tmp_path):
     run = tmp_path / "run"
     (run / "metrics.jsonl").mkdir(parents=True)  # a folder where the file should be
     t = Trainer(small_task(), run)
-    for call in (t.run, lambda: t._log(1.0, first_loss=1.0)):
+    for call in (t.run, lambda: t._log({"val_loss": 1.0}, first_loss=1.0)):
         with pytest.raises(RunWriteError, match=r"^could not write .*metrics.jsonl at step 0 \(Is a directory\); "
                                                 r"no checkpoint.npz was written yet"):
             call()

@@ -12,8 +12,11 @@ from .gradcheck import GradCheckReport, check_gradients
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss
 from .model import RNN
 from .network import Forward, Gradients
+from .runs import Run, load
 from .rtrl import RTRLState, RTRLStep, rtrl_gradients, rtrl_init, rtrl_step, uoro_gradients
 from .workspace import Workspace
+from .contributions import PerStepContributions, per_step_contributions
+from .lyapunov import lyapunov, spectral_radii
 
 from .forward_mode import ForwardTangents, forward_tangents, jvp
 from .curvature import LossCurvature, curvature_at, gnvp, hvp
@@ -23,6 +26,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "RNN",
+    "load",
+    "Run",
     "jvp",
     "forward_tangents",
     "ForwardTangents",
@@ -32,6 +37,10 @@ __all__ = [
     "LossCurvature",
     "HessianFree",
     "RNNObjective",
+    "per_step_contributions",
+    "PerStepContributions",
+    "lyapunov",
+    "spectral_radii",
     "rtrl_gradients",
     "rtrl_init",
     "rtrl_step",

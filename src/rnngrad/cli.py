@@ -8,10 +8,7 @@ dependency.
 from __future__ import annotations
 
 import argparse
-import codecs
-import functools
 import os
-import re
 import shlex
 import signal
 import sys
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, bench
+from . import __version__, bench, sample_cli
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
@@ -165,17 +162,8 @@ class _DiscardWhenClosed:
         return getattr(self.stream, name)
 
 
-def _format_row(row, steps: int) -> str:
-    parts = [f"step {row.step:>{len(str(steps))}}/{steps}", f"train {row.train_loss:.4f}", f"val {row.val_loss:.4f}"]
-    if row.grad_norm is not None:
-        parts.append(f"|grad| {row.grad_norm:.3g}")
-    if row.tokens_per_s is not None:
-        parts.append(f"{row.tokens_per_s:,.0f} tok/s")
-    return "  ".join(parts)
-
-
 # Settings that --resume takes from the checkpoint; every other TrainConfig field with an option.
-_RESUME_MAY_CHANGE = ("steps", "time_budget", "text")
+_RESUME_MAY_CHANGE = ("steps", "time_budget", "text", "early_stopping")
 
 
 def _warn(message: str) -> None:
@@ -183,7 +171,7 @@ def _warn(message: str) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .train import CHECKPOINT, LOSS_PLOT, METRICS, TrainConfig, Trainer
+    from .train import CHECKPOINT, TrainConfig, Trainer, format_row
 
     # The TrainConfig fields this command has an option for (its dest is the field's name).
     options = [f for f in fields(TrainConfig) if hasattr(args, f.name)]
@@ -195,11 +183,11 @@ def _cmd_train(args) -> int:
             fixed.append("out")
         if fixed:
             raise ValueError(
-                "--resume continues a run with its saved settings; only --steps, --time-budget and --text (the "
-                "same text at a new place) may change "
+                "--resume continues a run with its saved settings; only --steps, --time-budget, --early-stopping "
+                "and --text (the same text at a new place) may change "
                 f"(got {', '.join('--' + n.replace('_', '-') for n in fixed)})")
         trainer = Trainer.resume(args.resume, steps=args.steps, time_budget=args.time_budget, warn=_warn,
-                                 text=args.text)
+                                 text=args.text, early_stopping=args.early_stopping)
         out = Path(args.resume)
         print(f"resuming {out} at step {trainer.progress.step} of {trainer.config.steps}")
     else:
@@ -253,7 +241,7 @@ def _cmd_train(args) -> int:
                 post["tok/s"] = f"{row.tokens_per_s:,.0f}"
             bar.set_postfix(post, refresh=False)
         else:
-            say(_format_row(row, cfg.steps))
+            say(format_row(row, cfg.steps))
 
     def on_sample(step, text):
         say(f"--- sample at step {step} ---\n{text}\n---")
@@ -266,72 +254,42 @@ def _cmd_train(args) -> int:
             bar.close()
         for sig, h in previous.items():
             signal.signal(sig, h)
-    p = trainer.progress
+    return _report_run(trainer, status, stop, out)
+
+
+def _report_run(trainer, status, stop, out: Path) -> int:
+    """The closing lines of ``rnngrad train``: where the run ended, its best, a sample, its files."""
+    from .sample import DEFAULT_TEMPERATURE
+    from .train import BEST, CHECKPOINT, LOSS_PLOT, METRICS, RunStatus
+
+    p, cfg, data = trainer.progress, trainer.config, trainer.data
     if p.rows:
         final = p.rows[-1]
-        below = 1 - final["val_loss"] / trainer.data.baseline
+        below = 1 - final["val_loss"] / data.baseline
         versus = f"{below:.0%} below" if below >= 0 else f"{-below:.0%} above"
+        extra = (f", {final['val_bpc']:.3f} bits/char" if final.get("val_bpc") is not None else
+                 f", accuracy {final['val_accuracy']:.1%}" if final.get("val_accuracy") is not None else "")
         at = f"step {p.step}" if final["step"] == p.step else f"step {p.step} (last logged at step {final['step']})"
-        print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f} "
-              f"({versus} the baseline {trainer.data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+        print(f"{at}: train loss {final['train_loss']:.4f}, validation loss {final['val_loss']:.4f}{extra} "
+              f"({versus} the baseline {data.baseline:.4f}) in {p.elapsed_s:.1f} s of training")
+        if p.best_step is not None:
+            print(f"best validation loss {p.best_val_loss:.4f} at step {p.best_step}, kept in {out / BEST}")
     else:  # resumed with metrics.jsonl gone and nothing left to train: no row to report
         print(f"step {p.step}: no metrics logged in {out / METRICS}")
-    if trainer.data.vocab is not None and status != "stopped":
-        print(f"--- sample (temperature 0.8) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
+    if status is RunStatus.EARLY_STOPPED:
+        print(f"stopped early at step {p.step}: no lower validation loss in {cfg.early_stopping} evaluations "
+              f"in a row (--early-stopping {cfg.early_stopping}, one evaluation per {cfg.log_every} steps)")
+    if data.vocab is not None and status is not RunStatus.STOPPED:
+        print(f"--- sample (temperature {DEFAULT_TEMPERATURE:g}) ---\n{trainer.sample(400, seed=[cfg.seed, 5])}\n---")
     print(f"wrote {out / CHECKPOINT}, {out / METRICS}" + (
         f", {out / LOSS_PLOT}" if trainer.plot_note is None else f" ({LOSS_PLOT} not updated: {trainer.plot_note})"))
-    if status == "stopped":
+    if status is RunStatus.STOPPED:
         name = signal.Signals(stop.signal).name
         print(f"stopped by {name} at step {p.step}; checkpoint saved. Continue with: "
               f"rnngrad train --resume {shlex.quote(str(out))}")
         return 128 + int(stop.signal)
-    if status == "time":
+    if status is RunStatus.TIME:
         print(f"time budget of {cfg.time_budget:g} s reached at step {p.step}")
-    return 0
-
-
-# --- sample --------------------------------------------------------------------------------
-
-def _load_for_sampling(path: Path):
-    from .checkpoint import CheckpointError, model_from_checkpoint
-    from .data import Vocabulary
-    from .train import load_training_checkpoint
-
-    path, meta, arrays = load_training_checkpoint(path)
-    if not meta["vocab"]:
-        raise CheckpointError(f"{str(path)!r} holds a model trained on a task, not on text; nothing to sample")
-    return model_from_checkpoint(meta, arrays), Vocabulary.from_json(meta["vocab"])
-
-
-# Python's string-literal escapes; a backslash before anything else is kept as it is.
-_ESCAPE = re.compile(r"\\(?:[\\'\"abfnrtv]|[0-7]{1,3}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\})")
-
-
-def _expand_escapes(text: str) -> str:
-    r"""``text`` with backslash escapes (\n, \t, \\, \x41, \u00e9, \N{name}, ...) expanded, every
-    other character kept as it is, non-ASCII ones included.
-
-    (``text.encode().decode("unicode_escape")`` would read the UTF-8 bytes of a non-ASCII
-    character as Latin-1: "café" -> "cafÃ©".)
-    """
-    def expand(match: re.Match) -> str:
-        try:
-            return codecs.decode(match.group(0), "unicode_escape")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"--prime has an invalid escape {match.group(0)!r} ({err.reason})") from None
-
-    return _ESCAPE.sub(expand, text)
-
-
-def _cmd_sample(args) -> int:
-    from .sample import sample
-
-    model, vocab = _load_for_sampling(Path(args.checkpoint))
-    prime = args.prime
-    if prime is not None and args.escapes:
-        prime = _expand_escapes(prime)
-    text = sample(model, vocab, args.length, prime=prime, temperature=args.temperature, seed=args.seed)
-    sys.stdout.write((prime or "") + text + "\n")
     return 0
 
 
@@ -422,7 +380,13 @@ def _add_train_parser(sub) -> None:
                        help="floating-point type")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--optimizer", default=TrainConfig.optimizer, choices=sorted(OPTIMIZERS), help="optimizer")
-    opt.add_argument("--lr", type=_positive_float, default=TrainConfig.lr, help="learning rate")
+    opt.add_argument("--lr", type=_positive_float, default=TrainConfig.lr, help="learning rate (the base rate of a schedule)")
+    opt.add_argument("--lr-schedule", default=TrainConfig.lr_schedule, metavar="SPEC",
+                     help="constant | cosine[=T_MAX][,eta_min=E] | step=S[,gamma=G] | warmup=N[,start=A], a warmup "
+                          "alone or before cosine or step (e.g. warmup=100,cosine), as torch.optim.lr_scheduler defines them")
+    opt.add_argument("--weight-decay", type=float, default=None,
+                     help="decoupled weight decay for adamw (default 0.01, as torch.optim.AdamW); L2 added to the "
+                          "gradient for sgd, adagrad, rmsprop (default 0); adam takes none")
     opt.add_argument("--momentum", type=float, default=TrainConfig.momentum, help="momentum (sgd, rmsprop)")
     opt.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm, help="clip gradients to this global norm (0: off)")
     opt.add_argument("--clip-value", type=_positive_float, default=None, help="clip each gradient entry to ±this")
@@ -439,20 +403,11 @@ def _add_train_parser(sub) -> None:
     run.add_argument("--log-every", type=_positive_int, default=TrainConfig.log_every, help="steps between metrics rows")
     run.add_argument("--sample-every", type=_positive_int, default=TrainConfig.sample_every, help="steps between printed samples (text)")
     run.add_argument("--checkpoint-every", type=_positive_int, default=TrainConfig.checkpoint_every, help="steps between checkpoints")
+    run.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                     help="stop when PATIENCE evaluations in a row (one per --log-every steps) bring no lower "
+                          "validation loss; the best model is always kept in best.npz")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
     p.set_defaults(run=_cmd_train)
-
-    p = sub.add_parser("sample", formatter_class=_Formatter, help="generate text from a trained character model",
-                       description="Generate text from a checkpoint written by rnngrad train.")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help=f"{CHECKPOINT}, or the run folder holding it")
-    p.add_argument("--length", "-n", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", "-t", type=_positive_float, default=0.8,
-                   help="sampling temperature (lower: safer and more repetitive)")
-    p.add_argument("--prime", default=None, help="text the sample continues, every character in the vocabulary "
-                   "(default: a newline, or the vocabulary's first character if it has none)")
-    p.add_argument("--escapes", action="store_true", help=r"interpret backslash escapes in --prime, e.g. \n")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
-    p.set_defaults(run=_cmd_sample)
 
     p = sub.add_parser(
         "flow", formatter_class=_Formatter, help="plot how ‖dL/dh_t‖ vanishes or explodes back through time",
@@ -516,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Other commands live beside the code they drive; each module registers its own parser.
     # (one line per command below)
     bench.register(sub)
+    sample_cli.register(sub)
     _add_train_parser(sub)
     return parser
 

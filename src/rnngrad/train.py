@@ -21,10 +21,9 @@ text, comparable with the uniform baseline ln V.
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import math
 import numbers
-import os
 import shlex
 import time
 import warnings
@@ -36,25 +35,39 @@ import numpy as np
 
 from ._io import FolderLock, atomic_write, check_run_folder, remove_stray_temporaries
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .data import TASKS, Vocabulary, default_corpus, load_text, make_streams, train_val_split
+from .data import TASKS, Vocabulary
 from .data.text import MAX_TEXT_BYTES
-from . import network
-from .engines import get_engine
 from .metrics import LogRow, parse_metrics
 from .model import RNN
-from .optim import OPTIMIZERS, clip_grad_norm, clip_grad_value, make_optimizer
+from .optim import OPTIMIZERS, check_weight_decay, clip_grad_norm, clip_grad_value, make_optimizer
+from .run_data import TaskData, TextData, check_model_fits
+from .schedules import parse_schedule
 from .validation import FLOAT_DTYPES, all_finite, check_choice, check_positive_int, check_real, check_seed
 from .workspace import Workspace
 
-__all__ = ["TrainConfig", "Trainer", "RunWriteError", "TextData", "TaskData", "LogRow", "load_training_checkpoint",
+__all__ = ["TrainConfig", "Trainer", "RunStatus", "format_row", "RunWriteError", "TextData", "TaskData", "LogRow", "load_training_checkpoint",
            "CHECKPOINT", "METRICS", "LOSS_PLOT"]
 
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 # The optimizers that take a momentum (read from their hyperparameters, not listed by hand).
 MOMENTUM_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "momentum" in cls.hyper)
+WEIGHT_DECAY_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "weight_decay" in cls.hyper)
+
+
+class RunStatus(str, enum.Enum):
+    """How :meth:`Trainer.run` ended (a str: ``status == "done"`` reads as before)."""
+
+    DONE = "done"                    #: config.steps reached
+    TIME = "time"                    #: the time budget ran out first
+    STOPPED = "stopped"              #: should_stop() turned true (Ctrl-C, SIGTERM in the CLI)
+    EARLY_STOPPED = "early_stopped"  #: no better validation loss in early_stopping evaluations
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class RunWriteError(OSError):
@@ -62,6 +75,12 @@ class RunWriteError(OSError):
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
         return str(self.strerror)
+
+
+def _option_name(field_name: str) -> str:
+    """``hidden_size (--hidden-size)``: a setting as Python and the command line spell it, so one
+    message serves both."""
+    return f"{field_name} (--{field_name.replace('_', '-')})"
 
 
 @dataclass
@@ -87,6 +106,8 @@ class TrainConfig:
     dtype: str = "float32"
     optimizer: str = "adam"
     lr: float = 3e-3
+    lr_schedule: str = "constant"
+    weight_decay: float | None = None  # None: the optimizer's own default (adamw 0.01, the others 0)
     momentum: float = 0.0
     clip_norm: float | None = 5.0
     clip_value: float | None = None
@@ -102,27 +123,35 @@ class TrainConfig:
     sample_every: int = 500
     sample_length: int = 300
     checkpoint_every: int = 500
+    early_stopping: int | None = None  # patience: stop after this many evaluations without a better val_loss
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError/TypeError for any bad setting, naming it."""
+        """Raise ValueError/TypeError for any bad setting, naming it and its command-line option."""
+        opt = _option_name
         if self.task is not None:
-            check_choice("task", self.task, TASKS)
+            check_choice("task (--task)", self.task, TASKS)
             if self.text is not None:
-                raise ValueError("give either task or text, not both")
+                raise ValueError("give either task or text (--task or --text), not both")
         for name in ("hidden_size", "num_layers", "max_text_bytes", "chunk_len", "batch_size", "steps", "task_train_size",
                      "task_val_size", "log_every", "sample_every", "sample_length", "checkpoint_every"):
-            check_positive_int(name, getattr(self, name))
+            check_positive_int(opt(name), getattr(self, name))
         if self.max_chars is not None:
-            check_positive_int("max_chars", self.max_chars)
-        check_choice("dtype", self.dtype, [dt.name for dt in FLOAT_DTYPES])
-        check_real("lr", self.lr)
-        for name in ("clip_norm", "clip_value", "time_budget"):
+            check_positive_int(opt("max_chars"), self.max_chars)
+        check_choice(opt("dtype"), self.dtype, [dt.name for dt in FLOAT_DTYPES])
+        check_choice(opt("optimizer"), self.optimizer, OPTIMIZERS)
+        check_real(opt("lr"), self.lr)
+        cn = self.clip_norm
+        if cn is not None and (isinstance(cn, bool) or not isinstance(cn, numbers.Real) or not math.isfinite(cn)
+                               or cn <= 0):
+            raise ValueError(f"clip_norm (--clip-norm) must be a positive number, or 0 on the command line (None "
+                             f"here) for no clipping; got {self.clip_norm!r}")
+        for name in ("clip_value", "time_budget"):
             if getattr(self, name) is not None:
-                check_real(name, getattr(self, name))
-        if not 0 <= check_real("momentum", self.momentum, positive=False) < 1:
-            raise ValueError(f"momentum must lie in [0, 1); got {self.momentum!r}")
+                check_real(opt(name), getattr(self, name))
+        if not 0 <= check_real(opt("momentum"), self.momentum, positive=False) < 1:
+            raise ValueError(f"momentum (--momentum) must lie in [0, 1); got {self.momentum!r}")
         if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
-            raise ValueError(f"momentum applies to the {' and '.join(MOMENTUM_OPTIMIZERS)} optimizers, "
+            raise ValueError(f"momentum (--momentum) applies to the {' and '.join(MOMENTUM_OPTIMIZERS)} optimizers, "
                              f"not {self.optimizer!r}")
         if not isinstance(self.bidirectional, bool):
             raise TypeError(f"bidirectional must be True or False; got {self.bidirectional!r}")
@@ -130,15 +159,24 @@ class TrainConfig:
             raise ValueError("a bidirectional network cannot be trained on text here: text is read in chunks "
                              "with the state carried from one to the next (truncated BPTT), and the reverse "
                              "direction would need the text after the chunk; use --task, or drop --bidirectional")
-        if not 0 <= check_real("dropout", self.dropout, positive=False) < 1:
+        if not 0 <= check_real(opt("dropout"), self.dropout, positive=False) < 1:
             raise ValueError(f"dropout (--dropout) must lie in [0, 1); got {self.dropout!r}")
         if self.dropout and self.num_layers == 1:
             raise ValueError("dropout (--dropout) acts between stacked layers, so with num_layers=1 it would do "
                              "nothing; set --num-layers to 2 or more, or leave dropout at 0")
-        if not 0 < check_real("val_fraction", self.val_fraction) < 1:
-            raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r}")
+        if self.weight_decay is not None:
+            check_weight_decay(self.weight_decay, name="weight_decay (--weight-decay)")
+            if self.weight_decay and self.optimizer not in WEIGHT_DECAY_OPTIMIZERS:
+                raise ValueError(f"weight_decay (--weight-decay) applies to the {', '.join(WEIGHT_DECAY_OPTIMIZERS)} "
+                                 f"optimizers, not {self.optimizer!r}; for Adam with weight decay use "
+                                 f"--optimizer adamw (decoupled, as torch.optim.AdamW)")
+        parse_schedule(self.lr_schedule, self.steps, self.lr)  # raises the --lr-schedule message
+        if self.early_stopping is not None:
+            check_positive_int("early_stopping (--early-stopping)", self.early_stopping)
+        if not 0 < check_real(opt("val_fraction"), self.val_fraction) < 1:
+            raise ValueError(f"val_fraction (--val-fraction) must lie in (0, 1), e.g. 0.05; got {self.val_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise TypeError(f"seed must be a non-negative integer; got {type(self.seed).__name__} {self.seed!r}")
+            raise TypeError(f"seed (--seed) must be a non-negative integer; got {type(self.seed).__name__} {self.seed!r}")
         check_seed(self.seed)  # TypeError/ValueError naming the seed, before NumPy's own message
         return self
 
@@ -171,129 +209,6 @@ def load_training_checkpoint(path) -> tuple[Path, dict, dict]:
 
 
 @dataclass
-class Batch:
-    """x (T, B) tokens or (T, B, D) floats; y targets; mask (T, B) or None; carry: keep h0 from the
-    last batch; lengths (B,) or None: every step of a task's sequence is input, whatever its mask
-    (which then weights the loss only, for a bidirectional network too)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    mask: np.ndarray | None
-    carry: bool
-    lengths: np.ndarray | None = None
-
-
-class TextData:
-    """Character-level text as truncated-BPTT chunks; batch i of an epoch is chunk i of every stream."""
-
-    kind = "text"
-
-    def __init__(self, config: TrainConfig, vocab: Vocabulary | None = None, fingerprint: str | None = None):
-        """``fingerprint``: the SHA-256 the text must have (a resumed run's); checked before the text
-        is used in any way, so a checkpoint naming another file never makes its content show."""
-        config.validate()
-        k, B = config.chunk_len, config.batch_size
-        if config.text is not None:
-            if fingerprint is not None and not os.path.isfile(config.text):
-                raise ValueError(f"the text file this run was trained on, {config.text!r}, is missing or no "
-                                 f"longer a regular file; give the text's new place with --text PATH "
-                                 f"(Trainer.resume(text=...)): it must have the same content")
-            text = load_text(config.text, min_length=2, max_bytes=config.max_text_bytes)
-            self.source = str(config.text)
-        else:
-            text = default_corpus(config.max_chars)
-            self.source = "default corpus (Python standard library sources)"
-        self.fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        if fingerprint is not None and self.fingerprint != fingerprint:
-            raise CheckpointError(f"the training data changed since the checkpoint was written ({self.source} "
-                                  f"has SHA-256 {self.fingerprint[:12]}..., the run's had {fingerprint[:12]}...); "
-                                  f"resume needs the same text")
-        self.vocab = vocab if vocab is not None else Vocabulary.from_text(text)
-        tokens = self.vocab.encode(text)
-        train, val = train_val_split(tokens, config.val_fraction)
-        if train.size < B * k + 1 or val.size < 2:
-            raise ValueError(
-                f"text is too short for one training chunk: {tokens.size} characters leave {train.size} for "
-                f"training, but batch_size={B} streams of chunk_len={k} steps need {B * k + 1} "
-                f"(and validation needs at least 2); use a longer text or smaller --batch-size/--chunk-len")
-        self.x, self.y = make_streams(train, B)  # (L, B) each
-        self.batches_per_epoch = self.x.shape[0] // k
-        self.k = k
-        # Validation: the held-out tail as streams too (fewer if it is short), read in chunks.
-        vB = max(1, min(B, (val.size - 1) // k))
-        self.val_x, self.val_y = make_streams(val, vB)
-        # Samples continue a line of held-out text: a prime the model has not trained on, and a
-        # continuation a reader can judge (a lone newline in source code mostly primes indentation).
-        lines = self.vocab.decode(val[: min(val.size, 5000)]).split("\n")[1:-1]  # whole lines only
-        self.sample_prime = next((ln.strip()[:40] for ln in lines if len(ln.strip()) >= 20), None)
-        self.input_size = self.output_size = len(self.vocab)
-        self.output_activation, self.loss = "softmax", "cross_entropy"
-        self.baseline = math.log(len(self.vocab))
-        self.baseline_note = f"uniform guess over {len(self.vocab)} characters, ln V"
-        self.tokens_per_batch = k * B
-
-    def batch(self, step: int, config: TrainConfig) -> Batch:
-        i = step % self.batches_per_epoch
-        sl = slice(i * self.k, (i + 1) * self.k)
-        return Batch(self.x[sl], self.y[sl], None, carry=i != 0)
-
-    def val_loss(self, model: RNN) -> float:
-        """Mean loss per character over the held-out text, state carried across chunks."""
-        params, arch, engine = model.checked_params(), model.architecture, get_engine()
-        h = np.zeros((arch.units, self.val_x.shape[1], model.hidden_size), dtype=model.dtype)  # (U, B, H)
-        total, count = 0.0, 0
-        for t0 in range(0, self.val_x.shape[0], self.k):
-            x, y = self.val_x[t0:t0 + self.k], self.val_y[t0:t0 + self.k]
-            fwd = network.forward(params, x, h, arch, engine)
-            total += network.loss(params, fwd, y.reshape(-1), None, arch, engine)
-            count += y.size
-            h = fwd.h_last
-        return total / count
-
-
-class TaskData:
-    """A synthetic task: fixed training and validation sets, training shuffled per epoch."""
-
-    kind = "task"
-
-    def __init__(self, config: TrainConfig):
-        config.validate()  # the seed above all: NumPy's own message would not name it
-        task = TASKS[config.task]
-        T, B = config.chunk_len, config.batch_size
-        if config.task_train_size < B:
-            raise ValueError(f"task_train_size={config.task_train_size} is smaller than batch_size={B}")
-        self.source = f"task {task.name}"
-        self.fingerprint = task.name
-        self.vocab = self.sample_prime = None
-        self.x, self.y, self.mask = task.make(config.task_train_size, T, np.random.default_rng([config.seed, 1]))
-        self.val_x, self.val_y, self.val_mask = task.make(config.task_val_size, T,
-                                                          np.random.default_rng([config.seed, 2]))
-        self.batches_per_epoch = config.task_train_size // B
-        self.input_size, self.output_size = task.input_size, task.output_size
-        self.output_activation, self.loss = task.output_activation, task.loss
-        self.baseline, self.baseline_note = task.baseline, task.baseline_note
-        self.tokens_per_batch = T * B
-        self._perm_epoch, self._perm = -1, None
-
-    def batch(self, step: int, config: TrainConfig) -> Batch:
-        epoch, i = divmod(step, self.batches_per_epoch)
-        if epoch != self._perm_epoch:
-            # The shuffle of epoch e depends on (seed, e) only: resuming mid-epoch redraws the same order.
-            self._perm = np.random.default_rng([config.seed, 3, epoch]).permutation(self.x.shape[1])
-            self._perm_epoch = epoch
-        idx = self._perm[i * config.batch_size:(i + 1) * config.batch_size]
-        mask = None if self.mask is None else self.mask[:, idx]
-        return Batch(self.x[:, idx], self.y[:, idx], mask, carry=False, lengths=self._full(idx.size))
-
-    def _full(self, n: int) -> np.ndarray:
-        return np.full(n, self.x.shape[0], dtype=np.intp)
-
-    def val_loss(self, model: RNN) -> float:
-        return model.loss(self.val_x, self.val_y, mask=self.val_mask, reduction="mean",
-                          lengths=self._full(self.val_x.shape[1]))
-
-
-@dataclass
 class Progress:
     """The counters of a run (saved in the checkpoint)."""
 
@@ -304,41 +219,49 @@ class Progress:
     window_steps: int = 0
     window_tokens: int = 0
     window_time: float = 0.0
+    best_val_loss: float | None = None  # the lowest val_loss logged so far, and its step
+    best_step: int | None = None
+    evals_since_best: int = 0           # log rows since that best (early stopping's count)
     rows: list = field(default_factory=list)
 
 
-def _check_model_fits(model: RNN, config: TrainConfig, data) -> None:
-    """A model handed to a Trainer must be the one its configuration describes (the loop draws
-    dropout masks and carries state by the configuration), and a bidirectional one cannot carry
-    its state across text chunks."""
-    if not isinstance(model, RNN):
-        raise TypeError(f"model must be an rnngrad.RNN; got {type(model).__name__}")
-    if model.bidirectional and data.kind == "text":
-        raise ValueError("a bidirectional model cannot be trained on text: the state carried from one chunk "
-                         "to the next (truncated BPTT) would feed the reverse direction a state from the past")
-    for name in ("num_layers", "bidirectional", "dropout", "hidden_size"):
-        if getattr(model, name) != getattr(config, name):
-            raise ValueError(f"model has {name}={getattr(model, name)!r} but the configuration says "
-                             f"{getattr(config, name)!r}; build the model from the same settings")
-    if (model.input_size, model.output_size) != (data.input_size, data.output_size):
-        raise ValueError(f"model has input_size={model.input_size}, output_size={model.output_size} but the data "
-                         f"needs {data.input_size} and {data.output_size}")
+def format_row(row: LogRow, steps: int) -> str:
+    """One log row as a line: step, losses, the validation extras, |grad|, throughput, lr."""
+    parts = [f"step {row.step:>{len(str(steps))}}/{steps}", f"train {row.train_loss:.4f}", f"val {row.val_loss:.4f}"]
+    if row.val_bpc is not None:
+        parts.append(f"({row.val_bpc:.3f} bpc, perplexity {row.val_perplexity:.2f})")
+    if row.val_accuracy is not None:
+        parts.append(f"(accuracy {row.val_accuracy:.1%})")
+    if row.grad_norm is not None:
+        parts.append(f"|grad| {row.grad_norm:.3g}")
+    if row.tokens_per_s is not None:
+        parts.append(f"{row.tokens_per_s:,.0f} tok/s")
+    if row.lr is not None:
+        parts.append(f"lr {row.lr:.3g}")
+    return "  ".join(parts)
+
+
+# Counters added after the first checkpoints were written: absent in those, with these values.
+_PROGRESS_ADDED = {"best_val_loss": None, "best_step": None, "evals_since_best": 0}
 
 
 def _checked_progress(saved: dict) -> Progress:
     """The saved counters, each of its type and non-negative (a crafted or damaged checkpoint
     could hold a negative or fractional step, which would silently misplace the run)."""
-    if not isinstance(saved, dict) or set(saved) != {f.name for f in fields(Progress)} - {"rows"}:
+    names = {f.name for f in fields(Progress)} - {"rows"}
+    if not isinstance(saved, dict) or not names - set(_PROGRESS_ADDED) <= set(saved) <= names:
         raise CheckpointError(f"the checkpoint's progress section has keys {sorted(saved) if isinstance(saved, dict) else saved!r}; "
-                              f"expected {sorted(f.name for f in fields(Progress) if f.name != 'rows')}")
+                              f"expected {sorted(names)}")
+    saved = {**_PROGRESS_ADDED, **saved}
     for f in fields(Progress):
-        if f.name == "rows":
+        if f.name == "rows" or (saved[f.name] is None and f.name in ("best_val_loss", "best_step")):
             continue
         v = saved[f.name]
-        ok = (isinstance(v, int) if f.type in ("int", int) else isinstance(v, (int, float)) and math.isfinite(v))
+        integer = "int" in str(f.type)
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
         if isinstance(v, bool) or not ok or v < 0:
             raise CheckpointError(f"the checkpoint's progress.{f.name} is {v!r}; expected a non-negative "
-                                  f"{'integer' if f.type in ('int', int) else 'number'}")
+                                  f"{'integer' if integer else 'number'}")
     return Progress(**saved)
 
 
@@ -346,8 +269,11 @@ class Trainer:
     """Runs (or resumes) a training run in ``out_dir``.
 
     Files written there: ``checkpoint.npz`` (every ``checkpoint_every`` steps, at the end,
-    and when ``should_stop`` turns true), ``metrics.jsonl`` (one :class:`LogRow` per
-    ``log_every`` steps; the first row is logged before any update) and ``loss.png``.
+    and when ``should_stop`` turns true), ``best.npz`` (the same kind of checkpoint, of the
+    model with the lowest validation loss so far, written when a log row improves on it),
+    ``metrics.jsonl`` (one :class:`LogRow` per ``log_every`` steps; the first row is logged
+    before any update) and ``loss.png``. A new Trainer refuses a folder that already holds a
+    run (continue that with :meth:`resume`).
     """
 
     def __init__(self, config: TrainConfig, out_dir, *, model: RNN | None = None, data=None):
@@ -357,14 +283,20 @@ class Trainer:
             TaskData(config) if config.task is not None else TextData(config))
         d = self.data
         if model is not None:
-            _check_model_fits(model, config, d)
+            check_model_fits(model, config, d)
         self.model = model if model is not None else RNN(
             d.input_size, config.hidden_size, d.output_size, hidden_activation=config.hidden_activation,
             output_activation=d.output_activation, loss=d.loss, dtype=np.dtype(config.dtype),
             seed=config.seed, recurrent_init=config.recurrent_init, num_layers=config.num_layers,
             bidirectional=config.bidirectional, dropout=config.dropout)
         kw = {"momentum": config.momentum} if config.optimizer in MOMENTUM_OPTIMIZERS else {}
+        if config.weight_decay is not None and config.optimizer in WEIGHT_DECAY_OPTIMIZERS:
+            kw["weight_decay"] = config.weight_decay
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
+        self.schedule = parse_schedule(config.lr_schedule, config.steps, config.lr)
+        # Every number spelled out (a bare "cosine" becomes cosine=T_MAX): the saved configuration
+        # then gives the same schedule when a resumed run has another step limit.
+        config.lr_schedule = self.schedule.spec
         self.progress = Progress()
         self.h = None  # carried hidden state (text), shaped as h0: (B, H), or (U, B, H) when stacked
         # The large arrays of each gradients call are reused step after step (no page faults from
@@ -388,26 +320,30 @@ class Trainer:
 
     def save(self) -> Path:
         """Write checkpoint.npz atomically (then loss.png, best effort)."""
+        path = self._write_checkpoint(self.checkpoint_path)
+        self._saved_at = self.saved_step = self.progress.step
+        self.write_plot()
+        return path
+
+    def _write_checkpoint(self, path: Path) -> Path:
+        """The whole state of the run, to ``path`` (checkpoint.npz or best.npz), atomically."""
         opt_state = self.optimizer.state_dict()
-        p = self.progress
         meta = {
             "config": asdict(self.config),
             "optimizer": {"name": self.optimizer.name,
                           **{k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}},
-            "progress": {k: v for k, v in asdict(p).items() if k != "rows"},
-            "data": {"kind": self.data.kind, "source": self.data.source, "fingerprint": self.data.fingerprint},
+            "progress": {k: v for k, v in asdict(self.progress).items() if k != "rows"},
+            "data": {"kind": self.data.kind, "source": self.data.source, "fingerprint": self.data.fingerprint,
+                     "sample_prime": self.data.sample_prime},
             "vocab": None if self.data.vocab is None else self.data.vocab.to_json(),
         }
         arrays = {f"optim/{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         if self.h is not None:
             arrays["state/h"] = self.h
         try:
-            path = save_checkpoint(self.checkpoint_path, self.model, meta, arrays)
+            return save_checkpoint(path, self.model, meta, arrays)
         except OSError as err:
-            raise self._write_failed(self.checkpoint_path, err) from None
-        self._saved_at = self.saved_step = p.step
-        self.write_plot()
-        return path
+            raise self._write_failed(path, err) from None
 
     def _write_failed(self, path: Path, err: OSError) -> OSError:
         """One line for a failed write (a full disk, a folder made read-only): the file, the
@@ -420,22 +356,25 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir, steps: int | None = None, time_budget: float | None = None,
-               warn: Callable[[str], None] | None = None, text=None) -> "Trainer":
-        """A Trainer continuing the run saved in ``out_dir`` (optionally with a new step limit);
-        ``warn`` receives one-line warnings (skipped metric rows), from the start."""
+               warn: Callable[[str], None] | None = None, text=None,
+               early_stopping: int | None = None) -> "Trainer":
+        """A Trainer continuing the run saved in ``out_dir``; optionally with a new step limit,
+        time budget, place of the same text, or early-stopping patience. ``warn`` receives
+        one-line warnings (skipped metric rows), from the start."""
         out_dir = Path(out_dir)
         # Before anything is read: a run still writing here, or a second resume, is refused (a run
         # finishing between a read and the lock would leave this resume on a stale checkpoint).
         lock = FolderLock(out_dir).acquire() if out_dir.is_dir() else FolderLock(out_dir)
         try:
             path, meta, arrays = load_training_checkpoint(out_dir)
-            return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn, text)
+            return cls._resumed(out_dir, path, meta, arrays, lock, steps, time_budget, warn, text, early_stopping)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
-    def _resumed(cls, out_dir, path, meta, arrays, lock, steps, time_budget, warn, text) -> "Trainer":
+    def _resumed(cls, out_dir, path, meta, arrays, lock, steps, time_budget, warn, text,
+                 early_stopping) -> "Trainer":
         try:
             config = TrainConfig.from_dict(meta["config"])
             saved_step = int(meta["progress"]["step"])
@@ -448,6 +387,8 @@ class Trainer:
             config.steps = steps
         if time_budget is not None:
             config.time_budget = time_budget
+        if early_stopping is not None:
+            config.early_stopping = early_stopping
         if text is not None:  # the same text at a new place (moved, or another working folder)
             if config.text is None:
                 raise ValueError("this run was not trained on a --text file; resume it without --text")
@@ -503,9 +444,11 @@ class Trainer:
             self.plot_note = "no metric rows to plot"
             return None
         try:
-            from .plots import plot_loss
+            from .plots import loss_unit, plot_loss, run_title
             path = plot_loss(self.progress.rows, self.out_dir / LOSS_PLOT, baseline=self.data.baseline,
-                             baseline_label=f"baseline: {self.data.baseline_note}")
+                             baseline_label=f"baseline: {self.data.baseline_note}",
+                             title=run_title(self.out_dir, asdict(self.config)),
+                             unit=loss_unit(self.data.loss, "char" if self.data.kind == "text" else "step"))
         except ImportError:
             self.plot_note = "install matplotlib, e.g. pip install 'rnngrad[cli]'"
             return None
@@ -523,11 +466,14 @@ class Trainer:
         return FloatingPointError(f"training diverged at step {self.progress.step}: {what}; {fix} "
                                   f"(the last checkpoint, if any, is from before)")
 
-    def _log(self, val_loss: float, first_loss: float | None = None) -> LogRow:
+    def _log(self, metrics: dict, first_loss: float | None = None) -> LogRow:
+        """Append a row of the validation ``metrics`` (see :meth:`TextData.evaluate`) and of the
+        log window to metrics.jsonl; write best.npz if val_loss is the best so far."""
         p = self.progress
         # A diverged model must not be logged or saved: the run stops here, before either.
-        if not math.isfinite(val_loss):
-            raise self._diverged(f"the validation loss is {val_loss}")
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise self._diverged(f"the validation {name.replace('val_', '')} is {value}")
         if first_loss is not None:  # the row before any update
             train_loss, grad_norm, tps = first_loss, None, None
         else:
@@ -535,7 +481,9 @@ class Trainer:
             grad_norm = p.window_norm / p.window_steps
             tps = p.window_tokens / p.window_time if p.window_time > 0 else None
         row = LogRow(step=p.step, epoch=p.step / self.data.batches_per_epoch, train_loss=train_loss,
-                     val_loss=val_loss, grad_norm=grad_norm, tokens_per_s=tps, elapsed_s=p.elapsed_s)
+                     grad_norm=grad_norm, tokens_per_s=tps, elapsed_s=p.elapsed_s,
+                     lr=None if self.config.lr_schedule == "constant" else self.schedule.lr_at(max(p.step - 1, 0)),
+                     **metrics)
         p.rows.append(asdict(row))
         p.window_loss = p.window_norm = p.window_time = 0.0
         p.window_steps = p.window_tokens = 0
@@ -546,6 +494,11 @@ class Trainer:
                 fh.write(row.to_json() + "\n")
         except OSError as err:  # a torn last line is cut when the run is resumed
             raise self._write_failed(self.out_dir / METRICS, err) from None
+        if p.best_val_loss is None or row.val_loss < p.best_val_loss:
+            p.best_val_loss, p.best_step, p.evals_since_best = row.val_loss, p.step, 0
+            self._write_checkpoint(self.out_dir / BEST)
+        else:
+            p.evals_since_best += 1
         return row
 
     def step(self) -> float:
@@ -555,15 +508,17 @@ class Trainer:
         h0 = self.h if (b.carry and self.h is not None) else None
         # Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
         dropout_seed = np.random.default_rng([cfg.seed, 5, p.step]) if cfg.dropout else None
-        res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
-                                   workspace=self.workspace, dropout_seed=dropout_seed, lengths=b.lengths)
-        grads = res.grads
-        norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
+        # Overflow is reported below as a divergence, in words, not as NumPy's RuntimeWarnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
+                                       workspace=self.workspace, dropout_seed=dropout_seed, lengths=b.lengths)
+            grads = res.grads
+            norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
         if cfg.clip_value:
             clip_grad_value(grads, cfg.clip_value)
         if not (math.isfinite(norm) and math.isfinite(res.loss)):
             raise self._diverged(f"loss {res.loss}, gradient norm {norm}")
-        self.optimizer.step(grads)
+        self.optimizer.step(grads, lr=self.schedule.lr_at(p.step))
         if not all(all_finite(v) for v in self.model.params.values()):
             raise self._diverged("the parameters overflowed to Inf/NaN")
         if self.data.kind == "text":
@@ -575,47 +530,74 @@ class Trainer:
         p.window_tokens += self.data.tokens_per_batch
         return res.loss
 
+    def evaluate(self) -> dict:
+        """The validation metrics of the model now (val_loss, and val_bpc, val_perplexity or val_accuracy)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite loss is reported as a divergence
+            return self.data.evaluate(self.model)
+
     def run(self, should_stop: Callable[[], bool] = lambda: False,
             on_log: Callable[[LogRow], None] | None = None,
             on_sample: Callable[[int, str], None] | None = None,
-            on_step: Callable[[int], None] | None = None) -> str:
-        """Train until ``config.steps`` (or the time budget); returns "done", "time" or "stopped".
+            on_step: Callable[[int], None] | None = None, progress: bool = False) -> RunStatus:
+        """Train until ``config.steps``, the time budget, early stopping or ``should_stop``.
 
-        ``should_stop`` is polled after every step (the CLI sets it from SIGINT/SIGTERM);
-        when it turns true the run saves its checkpoint and returns "stopped". The run folder is
-        locked for the whole call: another process writing into it is refused (FolderBusy).
+        Callbacks, each optional:
+
+        * ``should_stop()`` -> bool, polled after every update (the CLI sets it from SIGINT and
+          SIGTERM); when it turns true the run saves its checkpoint and returns STOPPED.
+        * ``on_log(row)``: after each row of metrics.jsonl is written, with the :class:`LogRow`
+          (step, train_loss, val_loss, val_bpc/val_accuracy, lr, grad_norm, tokens_per_s, ...).
+        * ``on_sample(step, text)``: text runs, every ``sample_every`` updates, a sample of
+          ``sample_length`` characters.
+        * ``on_step(step)``: after every update (a progress bar's tick).
+
+        ``progress=True`` prints each log row (and samples) as the CLI does without a terminal.
+        Returns a :class:`RunStatus`. The run folder is locked for the whole call: another
+        process writing into it is refused (FolderBusy).
         """
+        if progress:
+            on_log = on_log or (lambda row: print(format_row(row, self.config.steps), flush=True))
+            on_sample = on_sample or (lambda step, text: print(f"--- sample at step {step} ---\n{text}\n---"))
         self.lock.acquire()
         try:
             return self._run(should_stop, on_log, on_sample, on_step)
         finally:
             self.lock.release()
 
-    def _run(self, should_stop, on_log, on_sample, on_step) -> str:
+    def _start(self, on_log) -> None:
+        """A new run's first row, before any update, in a fresh metrics.jsonl."""
+        # Checked under the lock: a run that finished in this folder since this one was set up
+        # (two commands started together, say) is never overwritten.
+        if self.checkpoint_path.exists():
+            raise ValueError(f"{str(self.out_dir)!r} already holds a run; continue it with "
+                             f"Trainer.resume (rnngrad train --resume {self.out_dir}), or choose another folder")
+        # metrics.jsonl starts afresh, replacing (atomically) any file an earlier run left in the
+        # folder; a resumed run appends to the rows its checkpoint has seen.
+        try:
+            atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
+        except OSError as err:
+            raise self._write_failed(self.out_dir / METRICS, err) from None
+        first = self.data.batch(0, self.config)
+        loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean", lengths=first.lengths)
+        row = self._log(self.evaluate(), first_loss=loss0)
+        if on_log:
+            on_log(row)
+
+    def patience_spent(self) -> bool:
+        """True once ``early_stopping`` evaluations in a row brought no better val_loss."""
+        cfg = self.config
+        return cfg.early_stopping is not None and self.progress.evals_since_best >= cfg.early_stopping
+
+    def _run(self, should_stop, on_log, on_sample, on_step) -> RunStatus:
         cfg, p = self.config, self.progress
         remove_stray_temporaries(self.out_dir)  # under the lock: no other writer's files
         if p.step == 0 and not p.rows:
-            # Checked under the lock: a run that finished in this folder since this one was set up
-            # (two commands started together, say) is never overwritten.
-            if self.checkpoint_path.exists():
-                raise ValueError(f"{str(self.out_dir)!r} already holds a run; continue it with "
-                                 f"Trainer.resume (rnngrad train --resume {self.out_dir}), or choose another folder")
-            # A new run: metrics.jsonl starts afresh, replacing (atomically) any file an earlier run
-            # left in the folder; a resumed run appends to the rows its checkpoint has seen.
-            try:
-                atomic_write(self.out_dir / METRICS, lambda fh: None, mode="w")
-            except OSError as err:
-                raise self._write_failed(self.out_dir / METRICS, err) from None
-            first = self.data.batch(0, cfg)
-            loss0 = self.model.loss(first.x, first.y, mask=first.mask, reduction="mean", lengths=first.lengths)
-            row = self._log(self.data.val_loss(self.model), first_loss=loss0)
-            if on_log:
-                on_log(row)
-        status = "done"
+            self._start(on_log)
+        status = RunStatus.EARLY_STOPPED if self.patience_spent() else RunStatus.DONE
         start = p.elapsed_s  # the budget is per invocation, so a resumed run gets a fresh one
-        while p.step < cfg.steps:
+        while p.step < cfg.steps and status is RunStatus.DONE:
             if cfg.time_budget is not None and p.elapsed_s - start >= cfg.time_budget:
-                status = "time"
+                status = RunStatus.TIME
                 break
             t0 = time.perf_counter()
             self.step()
@@ -625,30 +607,32 @@ class Trainer:
             if on_step:
                 on_step(p.step)
             if p.step % cfg.log_every == 0 or p.step == cfg.steps:
-                row = self._log(self.data.val_loss(self.model))
+                row = self._log(self.evaluate())
                 if on_log:
                     on_log(row)
+                if self.patience_spent() and p.step < cfg.steps:
+                    status = RunStatus.EARLY_STOPPED
             if on_sample and self.data.vocab is not None and p.step % cfg.sample_every == 0:
                 on_sample(p.step, self.sample(cfg.sample_length, seed=[cfg.seed, 4, p.step]))
             if p.step % cfg.checkpoint_every == 0:
                 self.save()
-            if should_stop() and p.step < cfg.steps:  # at the last step the run is simply done
-                status = "stopped"
-                break
+            if status is RunStatus.DONE and should_stop() and p.step < cfg.steps:  # at the last step: done
+                status = RunStatus.STOPPED
         # A run cut by its time budget logs its last partial window; a stopped run keeps the
         # window in the checkpoint instead, so the resumed run logs the same rows as an unbroken one.
-        if status == "time" and p.window_steps:
-            row = self._log(self.data.val_loss(self.model))
+        if status is RunStatus.TIME and p.window_steps:
+            row = self._log(self.evaluate())
             if on_log:
                 on_log(row)
         if self._saved_at != p.step:  # not saved already at this step by the loop
             self.save()
         return status
 
-    def sample(self, length: int, seed=None, prime: str | None = None, temperature: float = 0.8) -> str:
+    def sample(self, length: int, seed=None, prime: str | None = None, temperature: float | None = None) -> str:
         """``prime`` followed by ``length`` generated characters (default prime: a line of held-out text)."""
-        from .sample import sample
+        from .sample import DEFAULT_TEMPERATURE, default_prime, sample
 
-        prime = prime if prime is not None else self.data.sample_prime  # None: sample() picks one
-        text = sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)
-        return (prime or "") + text
+        temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
+        if prime is None:  # a line of held-out text, else one visible character the model picks
+            prime = self.data.sample_prime or default_prime(self.model, self.data.vocab)
+        return prime + sample(self.model, self.data.vocab, length, prime=prime, temperature=temperature, seed=seed)
