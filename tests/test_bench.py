@@ -398,3 +398,15 @@ def test_bench_chooses_shapes(monkeypatch, argv, deep, flat):
 def test_bad_deep_shape_is_refused(text):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--shape", text])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--tiny", "--shape", "2,1,1,1,1"], "give either --tiny or --shape, not both"),
+    (["bench", "--tiny", "--json", "{tmp}/missing/b.json"], "the folder '{tmp}/missing' does not exist"),
+])
+def test_bench_refuses_options_it_would_ignore_or_a_missing_json_folder(tmp_path, capsys, args, message):
+    from rnngrad.cli import main
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == 2  # at once: before any timing
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err and err.count("\n") == 1

@@ -55,8 +55,8 @@ def test_bad_h0(model, data):
 
 def test_bad_y_for_softmax_cross_entropy(model, data):
     x, y = data
-    with pytest.raises(ValueError, match=r"y must have shape \(T, B, O\) \(or \(T, B\) class indices\) = "
-                                         r"\(4, 3, 3\); got shape \(3, 4, 3\)"):
+    with pytest.raises(ValueError, match=r"y has shape \(3, 4, 3\) but x, read as \(T, B, ...\), gives \(T, B\) = "
+                                         r"\(4, 3\): x and y disagree on which axis is time"):
         model.gradients(x, np.zeros((B, T, O)))
     with pytest.raises(ValueError, match=r"y must have shape \(T, B\) = \(4, 3\); got shape \(4, 2\)"):
         model.gradients(x, y[:, :2])
@@ -279,3 +279,14 @@ def test_non_native_integer_indices_are_read_as_their_values(order):
     with pytest.raises(ValueError, match=r"y holds class indices, which must lie in \[0, output_size=4\); "
                                          r"got values from -1 to 3"):
         model.gradients(x, np.array([[-1, 3], [0, 2]], dtype=f"{order}i8"))
+
+
+def test_x_in_the_other_layout_is_named_not_y():
+    """x batch-first (B, T, D) to a time-major model, y time-major: the shapes disagree about time,
+    and the message says so instead of blaming y's shape alone."""
+    m = rnngrad.RNN(3, 4, 2)
+    with pytest.raises(ValueError, match=r"x and y disagree on which axis is time \(one of them is batch-first\?\)"):
+        m.gradients(np.zeros((10, 5, 3)), np.zeros((5, 10), int))
+    mb = rnngrad.RNN(3, 4, 2, batch_first=True, output_activation="identity", loss="mse")
+    with pytest.raises(ValueError, match="disagree on which axis is time"):
+        mb.loss(np.zeros((5, 10, 3)).swapaxes(0, 1), np.zeros((5, 10, 2)))

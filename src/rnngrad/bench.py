@@ -628,6 +628,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
+    from .cli_args import output_file
+
+    if args.tiny and args.shapes:
+        raise ValueError("--tiny runs its own tiny shapes; give either --tiny or --shape, not both")
+    if args.json:  # checked before minutes of timing, not after
+        output_file(args.json, "--json")
     shapes = ((() if args.deep else TINY_SHAPES) + TINY_DEEP_SHAPES if args.tiny
               else args.shapes or (() if args.deep else SHAPES) + DEEP_SHAPES)
     repeats = 3 if args.tiny and args.repeats is None else args.repeats

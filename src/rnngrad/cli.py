@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, bench, sample_cli
+from . import __version__, analysis_cli, bench, sample_cli
+from .cli_args import Formatter, positive_float, positive_int
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
@@ -29,33 +30,7 @@ from .validation import FLOAT_DTYPES
 __all__ = ["main", "build_parser"]
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, except where there is none (the help text says what happens)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+_Formatter, _positive_int, _positive_float = Formatter, positive_int, positive_float
 
 
 def random_problem(model: RNN, T: int, B: int, rng: np.random.Generator):
@@ -293,56 +268,6 @@ def _report_run(trainer, status, stop, out: Path) -> int:
     return 0
 
 
-# --- flow ----------------------------------------------------------------------------------
-
-# Options of flow's fresh models, which --checkpoint replaces by the trained model and its data.
-_FLOW_FRESH = {"activations": ["tanh", "relu", "sigmoid"], "scales": [0.5, 1.0, 1.5], "hidden_size": 32, "seed": 0}
-
-
-def _cmd_flow(args) -> int:
-    from .diagnostics import flow_sweep, layer_flows
-    from .plots import plot_flow
-
-    if args.checkpoint is not None:
-        from .checkpoint import model_from_checkpoint
-        from .data import Vocabulary
-        from .train import TaskData, TextData, TrainConfig, load_training_checkpoint
-
-        ignored = [name for name, default in _FLOW_FRESH.items() if getattr(args, name) != default]
-        if ignored:
-            raise ValueError("--checkpoint takes the model, its seed and its data from the checkpoint; "
-                             "--activations, --scales, --hidden-size and --seed are for fresh models only "
-                             f"(got {', '.join('--' + n.replace('_', '-') for n in ignored)})")
-        path, meta, arrays = load_training_checkpoint(Path(args.checkpoint))
-        model = model_from_checkpoint(meta, arrays)
-        config = TrainConfig.from_dict(meta["config"])
-        if config.task is not None:
-            config.chunk_len = args.T  # a task makes sequences of any length
-            data = TaskData(config)
-        else:
-            # The held-out text as the run read it; its streams are long enough for some T, not any.
-            data = TextData(config, vocab=Vocabulary.from_json(meta["vocab"]), fingerprint=meta["data"]["fingerprint"])
-            if data.val_x.shape[0] < args.T:
-                raise ValueError(f"-T {args.T} is longer than the held-out text of this run allows "
-                                 f"({data.val_x.shape[0]} steps); use a smaller -T")
-        x, y = data.val_x[:args.T, :args.batch_size], data.val_y[:args.T, :args.batch_size]
-        results = layer_flows(model, x, y, label=f"trained {model.f.name}")  # a line per layer and direction
-    else:
-        results = flow_sweep(hidden_activations=args.activations, scales=args.scales, T=args.T,
-                             batch_size=args.batch_size, hidden_size=args.hidden_size, seed=args.seed)
-    out = Path(args.out)
-    plot_flow(results, out)
-    print("| model | spectral radius of W_h | ‖dL/dh_1‖ | ‖dL/dh_T‖ | ‖dL/dh_1‖ / ‖dL/dh_T‖ |")
-    print("|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.label} | {r.spectral_radius:.3f} | {r.norms[0]:.3e} | {r.norms[-1]:.3e} | {r.ratio:.3e} |")
-    bidirectional = args.checkpoint is not None and model.bidirectional
-    where = "every step (a bidirectional model)" if bidirectional else "the last step only"
-    print(f"\nloss at {where}, T = {len(results[0].norms)}; ratio < 1: vanishing, > 1: exploding")
-    print(f"wrote {out}")
-    return 0
-
-
 def _add_train_parser(sub) -> None:
     from .data import TASKS
     from .optim import OPTIMIZERS
@@ -409,26 +334,6 @@ def _add_train_parser(sub) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser(
-        "flow", formatter_class=_Formatter, help="plot how ‖dL/dh_t‖ vanishes or explodes back through time",
-        description="Gradient flow: with the loss at the last step only, plot ‖dL/dh_t‖ against t (log scale) for "
-                    "several hidden activations and W_h scales (W_h = scale × a random orthogonal matrix, so its "
-                    "spectral radius is the scale), plus a heatmap of |dL/dh_t| per unit, and print the ratio "
-                    "‖dL/dh_1‖ / ‖dL/dh_T‖ beside the spectral radius. With --checkpoint: the trained model on "
-                    "its own validation data.")
-    p.add_argument("--checkpoint", metavar="PATH", help=f"a trained model ({CHECKPOINT} or run folder) instead of fresh ones")
-    p.add_argument("--activations", nargs="+", default=_FLOW_FRESH["activations"], choices=sorted(HIDDEN_ACTIVATIONS),
-                   metavar="F", help="hidden activations to compare (fresh models)")
-    p.add_argument("--scales", nargs="+", type=_positive_float, default=_FLOW_FRESH["scales"], metavar="S",
-                   help="spectral radii of W_h to compare (fresh models)")
-    p.add_argument("-T", type=_positive_int, default=50, help="time steps")
-    p.add_argument("--batch-size", "-B", type=_positive_int, default=16, help="sequences")
-    p.add_argument("--hidden-size", "-H", type=_positive_int, default=_FLOW_FRESH["hidden_size"],
-                   help="hidden units (fresh models)")
-    p.add_argument("--seed", type=int, default=_FLOW_FRESH["seed"], help="seed for the models and data (fresh models)")
-    p.add_argument("--out", default="flow.png", help="PNG file to write")
-    p.set_defaults(run=_cmd_flow)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -472,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     # (one line per command below)
     bench.register(sub)
     sample_cli.register(sub)
+    analysis_cli.register(sub)
     _add_train_parser(sub)
     return parser
 

@@ -22,7 +22,7 @@ from .model import RNN
 from .network import layer_param_names
 from .validation import as_array, check_finite, check_positive_int
 
-__all__ = ["FlowResult", "gradient_flow", "layer_flows", "flow_ratio", "spectral_radius", "flow_sweep"]
+__all__ = ["FlowResult", "gradient_flow", "layer_flows", "flow_ratio", "spectral_radius", "flow_sweep", "fresh_models"]
 
 
 @dataclass
@@ -145,15 +145,26 @@ def flow_sweep(hidden_activations: Sequence[str] = ("tanh", "relu", "sigmoid"),
                input_size: int = 4, hidden_size: int = 32, seed: int = 0) -> list[FlowResult]:
     """Gradient flow of fresh models for each hidden activation × W_h scale.
 
-    Each model is ``RNN(input_size, hidden_size, 1, f, "identity", "mse",
-    recurrent_init="orthogonal", seed=seed)`` with W_h multiplied by the scale, so
-    ρ(W_h) equals the scale exactly (an orthogonal matrix has every |λ| = 1). All share
-    one batch: x ~ N(0, 1) of shape (T, B, D), y ~ N(0, 1) of shape (T, B, 1), h0 = 0;
-    the loss is on the last step (see :func:`gradient_flow`).
+    The models and the batch are those of :func:`fresh_models`; the loss is on the last step
+    (see :func:`gradient_flow`).
 
     Returns
     -------
     list of FlowResult, activations outer, scales inner, labelled "f, ρ(W_h)=s".
+    """
+    models, x, y = fresh_models(hidden_activations, scales, T, batch_size, input_size, hidden_size, seed)
+    return [gradient_flow(model, x, y, label=label) for label, model in models]
+
+
+def fresh_models(hidden_activations: Sequence[str] = ("tanh", "relu", "sigmoid"),
+                 scales: Sequence[float] = (0.5, 1.0, 1.5), T: int = 50, batch_size: int = 16,
+                 input_size: int = 4, hidden_size: int = 32, seed: int = 0):
+    """The fresh models of :func:`flow_sweep` and their batch: ([(label, model)], x, y).
+
+    Each model is ``RNN(input_size, hidden_size, 1, f, "identity", "mse",
+    recurrent_init="orthogonal", seed=seed)`` with W_h multiplied by the scale, so
+    ρ(W_h) equals the scale exactly (an orthogonal matrix has every |λ| = 1). All share
+    one batch: x ~ N(0, 1) of shape (T, B, D), y ~ N(0, 1) of shape (T, B, 1), h0 = 0.
     """
     T = check_positive_int("T", T)
     B = check_positive_int("batch_size", batch_size)
@@ -167,11 +178,11 @@ def flow_sweep(hidden_activations: Sequence[str] = ("tanh", "relu", "sigmoid"),
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, D))
     y = rng.standard_normal((T, B, 1))
-    results = []
+    models = []
     for f in hidden_activations:
         for s in scales:
             model = RNN(D, H, 1, hidden_activation=f, output_activation="identity", loss="mse",
                         recurrent_init="orthogonal", seed=seed)
             model.params["W_h"] *= s
-            results.append(gradient_flow(model, x, y, label=f"{f}, ρ(W_h)={s:g}"))
-    return results
+            models.append((f"{f}, ρ(W_h)={s:g}", model))
+    return models, x, y

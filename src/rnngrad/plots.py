@@ -19,7 +19,7 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["plot_loss", "loss_figure", "loss_axis_range", "best_point", "loss_unit", "run_title",
+__all__ = ["FIGURE_FORMATS", "plot_loss", "loss_figure", "loss_axis_range", "best_point", "loss_unit", "run_title",
            "plot_flow", "save_figure"]
 
 
@@ -34,10 +34,17 @@ def _figure(figsize):
     return fig
 
 
+#: The figure formats, by file suffix (matplotlib writes each; JPEG through Pillow, which
+#: matplotlib requires). Any other suffix is written as PNG.
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
+
+
 def save_figure(fig, path) -> str:
-    """Write ``fig`` as a PNG at ``path`` atomically (creating its folder); returns the path as a string."""
+    """Write ``fig`` at ``path`` atomically (creating its folder), in the format its suffix names
+    (:data:`FIGURE_FORMATS`; PNG otherwise); returns the path as a string."""
     path = os.fspath(path)
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    fmt = FIGURE_FORMATS.get(os.path.splitext(path)[1].lower(), "png")
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=110))
     return path
 
 

@@ -316,6 +316,11 @@ def check_targets(y, loss, T: int, B: int, O: int, dtype: np.dtype, mask: np.nda
     zeros) so that padding such as -1 or NaN never reaches an index or a log.
     """
     arr = as_array("y", y)
+    if T != B and arr.ndim >= 2 and arr.shape[:2] == (B, T):
+        # The usual cause: x was passed with the other layout, so T and B were read from the wrong axes.
+        raise ValueError(f"y has shape {_fmt(arr.shape)} but x, read as (T, B, ...), gives (T, B) = ({T}, {B}): x and "
+                         f"y disagree on which axis is time (one of them is batch-first?); pass both time-major, "
+                         f"or both batch-first to a model built with batch_first=True")
     kind = loss.target
     keep = None if mask is None else mask.reshape(-1)
     if arr.ndim == 2 and arr.dtype.kind in "iu":
