@@ -3,7 +3,7 @@ rnngrad.rtrl_gradients (exact, forward in time), the online rnngrad.rtrl_step, r
 (unbiased rank-one estimate) and model.gradients (BPTT), on the same model and data; and how far one
 UORO draw, and the mean of many, is from the exact gradient.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/rtrl_cost.py --rounds 5 --repeats 1   # docs/_sections/rtrl.md
+    OPENBLAS_NUM_THREADS=1 python benchmarks/rtrl_cost.py --rounds 5 --repeats 1   # docs/derivation.md, "What RTRL costs"
     python benchmarks/rtrl_cost.py --hidden 8 16 --batch 1 --rounds 3 --json out.json
 
 (H in 8 16 32 64, B in 1 2 4 8, T = 100 by default. One BLAS thread: on a shared machine a threaded

@@ -7,7 +7,7 @@ import pytest
 
 from rnngrad.cli import main
 from rnngrad.diagnostics import fresh_models
-from rnngrad.lyapunov import lyapunov
+from rnngrad.dynamics import lyapunov
 from test_train import small, text_file  # noqa: F401  (the fixture)
 from rnngrad.train import Trainer
 

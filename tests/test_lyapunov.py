@@ -18,7 +18,7 @@ from oracle import HIDDEN
 import rnngrad
 from rnngrad import RNN
 from rnngrad.contributions import per_step_contributions
-from rnngrad.lyapunov import initial_tangents, lyapunov, spectral_radii
+from rnngrad.dynamics import initial_tangents, lyapunov, spectral_radii
 from rnngrad.network import layer_param_names
 
 

@@ -62,7 +62,7 @@ def _figure_or_note(draw, path: Path) -> str:
 
 def _lyapunov_rows(models, x, k):
     """(label, lambda (k,), log ρ(W_h)) of each (label, model): the exponents of its first unit."""
-    from .lyapunov import lyapunov, spectral_radii
+    from .dynamics import lyapunov, spectral_radii
 
     rows = []
     for label, model in models:

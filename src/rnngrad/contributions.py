@@ -107,8 +107,8 @@ def step_norms(factor: Factor, method: str | None = None) -> np.ndarray:
 
     ``method`` "gram" or "direct" forces a path for floats (for tests); by default the cheaper:
     Grams when B (H + D) <= H D, else the terms a block of steps at a time. Grams lose relative
-    accuracy when the batch's rank-one pieces nearly cancel (the error is ~eps · sum_b ‖l_b‖‖r_b‖
-    over the norm); the direct path does not.
+    accuracy when the batch's rank-one pieces nearly cancel (the error in ‖C_t‖² is about
+    eps · (sum_b ‖l_b‖‖r_b‖)², so ‖C_t‖ loses that divided by 2 ‖C_t‖²); the direct path does not.
     """
     left, right = factor.left, factor.right
     T, B, H = left.shape

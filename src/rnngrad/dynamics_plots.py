@@ -137,10 +137,10 @@ def plot_lyapunov(lam, flow_norms_or_dh, path, spectral_radius: float | None = N
     Right: the measured ‖dL_s/dh_t‖ for the loss at the last step s = T - 1, against s - t, on a
     log scale, and the prediction ‖dL_s/dh_s‖ exp(lambda_1 (s - t)) (and ρ^(s - t) if given).
 
-    lam : (k,) exponents from :func:`rnngrad.lyapunov.lyapunov`
+    lam : (k,) exponents from :func:`rnngrad.dynamics.lyapunov`
     flow_norms_or_dh : (T,) norms (e.g. ``gradient_flow(...).norms``, whose loss is on the last
         step), a FlowResult, a (T, T) influence map, or a PerStepContributions
-    spectral_radius : ρ(W_h), optional (:func:`rnngrad.lyapunov.spectral_radii`)
+    spectral_radius : ρ(W_h), optional (:func:`rnngrad.dynamics.spectral_radii`)
     Returns the path written.
     """
     lam = np.asarray(lam, dtype=np.float64)
