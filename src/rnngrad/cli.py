@@ -315,6 +315,10 @@ def _add_train_parser(sub) -> None:
     opt.add_argument("--momentum", type=float, default=TrainConfig.momentum, help="momentum (sgd, rmsprop)")
     opt.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm, help="clip gradients to this global norm (0: off)")
     opt.add_argument("--clip-value", type=_positive_float, default=None, help="clip each gradient entry to ±this")
+    opt.add_argument("--gradient", default=TrainConfig.gradient, choices=("bptt", "rtrl"),
+                     help="bptt: truncated BPTT over each chunk; rtrl: exact online gradients by real-time recurrent "
+                          "learning, an update every --chunk-len steps of an unbroken text stream, no truncation "
+                          "(small models: memory B·H²·(H + D) per layer)")
     opt.add_argument("--chunk-len", "-k", type=_positive_int, default=TrainConfig.chunk_len,
                      help="truncated-BPTT length for text; sequence length for tasks")
     opt.add_argument("--batch-size", "-B", type=_positive_int, default=TrainConfig.batch_size, help="sequences per batch")

@@ -55,6 +55,8 @@ LOSS_PLOT = "loss.png"
 
 # The optimizers that take a momentum (read from their hyperparameters, not listed by hand).
 MOMENTUM_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "momentum" in cls.hyper)
+#: How a step's gradient is computed: truncated BPTT over the chunk, or RTRL over the whole stream.
+GRADIENT_METHODS = ("bptt", "rtrl")
 WEIGHT_DECAY_OPTIMIZERS = tuple(name for name, cls in OPTIMIZERS.items() if "weight_decay" in cls.hyper)
 
 
@@ -124,6 +126,7 @@ class TrainConfig:
     sample_length: int = 300
     checkpoint_every: int = 500
     early_stopping: int | None = None  # patience: stop after this many evaluations without a better val_loss
+    gradient: str = "bptt"  # "rtrl": exact online gradients over the whole stream (rnngrad.online), text only
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError/TypeError for any bad setting, naming it and its command-line option."""
@@ -173,6 +176,11 @@ class TrainConfig:
         parse_schedule(self.lr_schedule, self.steps, self.lr)  # raises the --lr-schedule message
         if self.early_stopping is not None:
             check_positive_int("early_stopping (--early-stopping)", self.early_stopping)
+        check_choice(opt("gradient"), self.gradient, GRADIENT_METHODS)
+        if self.gradient == "rtrl" and (self.task is not None or self.bidirectional or self.dropout):
+            raise ValueError("gradient (--gradient) rtrl trains online on an unbroken text stream: it needs text "
+                             "(not --task), a unidirectional model (not --bidirectional: its reverse direction "
+                             "reads the future) and no --dropout")
         if not 0 < check_real(opt("val_fraction"), self.val_fraction) < 1:
             raise ValueError(f"val_fraction (--val-fraction) must lie in (0, 1), e.g. 0.05; got {self.val_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
@@ -294,6 +302,10 @@ class Trainer:
             kw["weight_decay"] = config.weight_decay
         self.optimizer = make_optimizer(config.optimizer, self.model.params, config.lr, **kw)
         self.schedule = parse_schedule(config.lr_schedule, config.steps, config.lr)
+        if config.gradient == "rtrl":
+            from .online import RTRLGradients
+
+            self.batch_gradients = RTRLGradients(self)
         # Every number spelled out (a bare "cosine" becomes cosine=T_MAX): the saved configuration
         # then gives the same schedule when a resumed run has another step limit.
         config.lr_schedule = self.schedule.spec
@@ -340,6 +352,8 @@ class Trainer:
         arrays = {f"optim/{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         if self.h is not None:
             arrays["state/h"] = self.h
+        if self.config.gradient == "rtrl":
+            arrays.update(self.batch_gradients.arrays())
         try:
             return save_checkpoint(path, self.model, meta, arrays)
         except OSError as err:
@@ -414,6 +428,8 @@ class Trainer:
             trainer.optimizer.load_state_dict(opt)
             trainer.progress = _checked_progress(meta["progress"])
             trainer.h = arrays.get("state/h")
+            if config.gradient == "rtrl":
+                trainer.batch_gradients.load(arrays, trainer.h)
             trainer.saved_step = trainer.progress.step
         except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} is incomplete or damaged: {err}") from None
@@ -510,8 +526,7 @@ class Trainer:
         dropout_seed = np.random.default_rng([cfg.seed, 5, p.step]) if cfg.dropout else None
         # Overflow is reported below as a divergence, in words, not as NumPy's RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            res = self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
-                                       workspace=self.workspace, dropout_seed=dropout_seed, lengths=b.lengths)
+            res = self.batch_gradients(b, h0, dropout_seed)
             grads = res.grads
             norm = clip_grad_norm(grads, cfg.clip_norm) if cfg.clip_norm else clip_grad_norm(grads, math.inf)
         if cfg.clip_value:
@@ -529,6 +544,13 @@ class Trainer:
         p.window_steps += 1
         p.window_tokens += self.data.tokens_per_batch
         return res.loss
+
+    def batch_gradients(self, b, h0, dropout_seed):
+        """Loss and gradients of batch ``b`` (reduction "mean"): the one computation a step makes,
+        and the seam where another way of computing them (data-parallel workers) plugs in. Returns
+        what :meth:`rnngrad.RNN.gradients` returns (``loss``, ``grads``, ``h_last`` are used)."""
+        return self.model.gradients(b.x, b.y, h0=h0, mask=b.mask, reduction="mean", need=(),
+                                    workspace=self.workspace, dropout_seed=dropout_seed, lengths=b.lengths)
 
     def evaluate(self) -> dict:
         """The validation metrics of the model now (val_loss, and val_bpc, val_perplexity or val_accuracy)."""
