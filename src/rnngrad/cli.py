@@ -61,10 +61,23 @@ def _cmd_gradcheck(args) -> int:
         # Variable lengths, padded at the end; every sequence keeps at least one step.
         lengths = rng.integers(1, args.T + 1, size=args.B)
         mask = np.arange(args.T)[:, None] < lengths[None, :]
+    if args.method != "bptt":
+        from .calc_check import check_calculation
+
+        if args.dropout:
+            raise ValueError(f"--method {args.method} checks models without dropout; leave out --dropout")
+        report = check_calculation(model, x, y, args.method, h0=h0, mask=mask, reduction=args.reduction,
+                                   eps=args.eps, rtol=args.rtol, directions=args.directions or 4, seed=args.seed,
+                                   atol=args.atol)
+        return _print_check(args, model, report, f"{args.method} matches finite differences")
     # With dropout, masks drawn once from the seed: the check is of the gradient for that mask.
     report = check_gradients(model, x, y, h0=h0, mask=mask, reduction=args.reduction,
                              eps=args.eps, rtol=args.rtol, atol=args.atol, directions=args.directions,
                              dropout_seed=args.seed + 2 if args.dropout else None)
+    return _print_check(args, model, report, "all gradients match finite differences")
+
+
+def _print_check(args, model, report, ok: str) -> int:
     print(f"{model}")
     print(f"T={args.T} B={args.B} reduction={args.reduction} mask={'yes' if args.mask else 'no'} "
           + (f"dropout masks from seed {args.seed + 2} " if args.dropout and args.num_layers > 1 else "") +
@@ -72,7 +85,7 @@ def _cmd_gradcheck(args) -> int:
     print()
     print(report.table())
     print()
-    print("all gradients match finite differences" if report.passed else "GRADIENT CHECK FAILED")
+    print(ok if report.passed else "GRADIENT CHECK FAILED")
     return 0 if report.passed else 1
 
 
@@ -375,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the differences, 8 u max(|L|, 1) / eps)")
     p.add_argument("--directions", type=_positive_int, default=None,
                    help="check this many random directions per array instead of every entry")
+    p.add_argument("--method", choices=("bptt", "rtrl", "jvp", "hvp"), default="bptt",
+                   help="the calculation checked: bptt (every gradient, entry by entry), rtrl (its gradient), "
+                        "jvp (forward-mode directional derivatives) or hvp (Hessian-vector products against "
+                        "differences of the gradient); the last three along --directions random directions "
+                        "(default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for the model and the data")
     p.set_defaults(run=_cmd_gradcheck)
     # Other commands live beside the code they drive; each module registers its own parser.
