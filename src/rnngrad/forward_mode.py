@@ -35,7 +35,7 @@ from .engines import get_engine
 from .head import output_backward
 from .layer import LayerCache, derivative_blocks, input_projection
 from .network import Architecture, Forward, flip, flip_index, forward, layer_param_names
-from .validation import as_array, check_finite, check_shape
+from .validation import check_h0, as_array, check_finite, check_shape
 
 __all__ = ["ForwardTangents", "NetworkTangents", "forward_tangents", "jvp", "network_tangents",
            "unit_tangent", "activation_jvp", "check_tree", "prepare_call", "Call"]
@@ -228,14 +228,7 @@ def _check_h0_tangent(model, h0_tangent, cache: Forward) -> np.ndarray | None:
     if h0_tangent is None:
         return None
     U, B, H = cache.h0.shape
-    arr = as_array("h0_tangent", h0_tangent, model.dtype)
-    if U == 1 and arr.ndim == 2:
-        check_shape("h0_tangent", arr, (B, H), "(B, H) as h0")
-        arr = arr[None]
-    else:
-        check_shape("h0_tangent", arr, (U, B, H), "(num_layers * directions, B, H) as h0")
-    check_finite("h0_tangent", arr)
-    return arr
+    return check_h0(h0_tangent, B, H, model.dtype, units=U, name="h0_tangent")
 
 
 @dataclass

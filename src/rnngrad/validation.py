@@ -245,20 +245,21 @@ def check_inputs(x, input_size: int, dtype: np.dtype) -> np.ndarray:
     return arr
 
 
-def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype, units: int = 1) -> np.ndarray:
-    """h0 as (U, B, H) in ``dtype`` (zeros when None), U = num_layers · directions.
+def check_h0(h0, batch: int, hidden_size: int, dtype: np.dtype, units: int = 1, name: str = "h0") -> np.ndarray:
+    """h0 as (U, B, H) in ``dtype`` (zeros when None), U = num_layers · directions; ``name`` is the
+    argument named in errors (e.g. "h0_tangent", shaped as h0).
 
     With U = 1, h0 may also be (B, H), as the seed's single layer takes it.
     """
     if h0 is None:
         return np.zeros((units, batch, hidden_size), dtype=dtype)
-    arr = as_array("h0", h0, dtype)
+    arr = as_array(name, h0, dtype)
     if units == 1 and arr.ndim != 3:
-        check_shape("h0", arr, (batch, hidden_size), "(B, H)")
+        check_shape(name, arr, (batch, hidden_size), "(B, H)")
         arr = arr[None]
     else:
-        check_shape("h0", arr, (units, batch, hidden_size), "(num_layers * directions, B, H)")
-    check_finite("h0", arr)
+        check_shape(name, arr, (units, batch, hidden_size), "(num_layers * directions, B, H)")
+    check_finite(name, arr)
     return arr
 
 
