@@ -103,3 +103,24 @@ def test_stray_temporaries_of_killed_writers_are_removed_on_start(tmp_path, text
 def test_a_stop_at_the_last_step_is_a_finished_run(tmp_path, text_file):  # noqa: F811
     t = Trainer(small(text_file, steps=5), tmp_path)
     assert t.run(should_stop=lambda: t.progress.step == 5) == "done"
+
+
+def test_a_holder_that_has_not_written_its_pid_yet_is_named_sensibly(tmp_path):
+    """The lock is taken before the PID is written: a second writer in between sees no PID."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    code = textwrap.dedent("""
+        import fcntl, sys, time
+        fh = open(sys.argv[1], "a+")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder / ".rnngrad.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusy, match=r"in use by another process \(which has only just started\)"):
+            FolderLock(folder).acquire()
+    finally:
+        p.kill()
+        p.wait()

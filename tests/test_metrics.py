@@ -58,3 +58,19 @@ def test_resume_skips_bad_rows_with_one_warning_and_keeps_every_later_row(tmp_pa
 def test_invalid_rows_never_raise(bad):
     rows, skipped = parse_metrics(bad + "\n")
     assert rows == [] and skipped == [1]
+
+
+def test_a_stray_later_row_in_the_middle_costs_only_itself():
+    """A copy of the step-95 row placed after step 45: strictly increasing steps alone would keep it
+    and drop the genuine rows 50..90 after it; the longest increasing run keeps them."""
+    from rnngrad.metrics import LogRow, parse_metrics
+
+    rows = [LogRow(step=s, epoch=0.0, train_loss=1.0, val_loss=float(s), grad_norm=None, tokens_per_s=None,
+                   elapsed_s=0.0).to_json() for s in range(0, 101, 5)]
+    lines = rows[:10] + [rows[19]] + rows[10:]
+    kept, skipped = parse_metrics("\n".join(lines) + "\n")
+    assert [r["step"] for r in kept] == list(range(0, 101, 5)) and skipped == [11]
+    kept, skipped = parse_metrics("\n".join(rows[:5] + [rows[4]] + rows[5:]) + "\n")  # a duplicate
+    assert len(kept) == 21 and skipped == [6]
+    kept, skipped = parse_metrics("\n".join(rows) + "\n" + "x" * 100000)  # no row is that long
+    assert len(kept) == 21 and skipped == [22]

@@ -123,3 +123,110 @@ def test_a_closed_stdout_keeps_training_to_the_end_and_saves(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 300 and len(rows) == 301
     assert json.loads(str(np.load(run / "checkpoint.npz")["meta"]))["progress"]["step"] == 300
+
+
+# --- hostile files and settings, found by an adversarial run -------------------------------------
+
+def _rewrite_member(path, name, transform):
+    """Rewrite member ``name`` of the .npz at ``path`` through ``transform(bytes) -> bytes``."""
+    import zipfile
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    members[name] = transform(members[name])
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+
+
+def test_deeply_nested_metadata_and_a_broken_npy_header_are_checkpoint_errors(tmp_path):
+    import io as _io
+    import rnngrad
+    from rnngrad.checkpoint import CheckpointError, save_checkpoint
+
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, RNN(3, 4, 2, seed=0))
+
+    def nested(_):
+        buf = _io.BytesIO()
+        np.lib.format.write_array(buf, np.array("[" * 100000 + "]" * 100000))
+        return buf.getvalue()
+
+    _rewrite_member(path, "meta.npy", nested)
+    with pytest.raises(CheckpointError, match="corrupted metadata: RecursionError"):
+        rnngrad.load(path)
+    save_checkpoint(path, RNN(3, 4, 2, seed=0))
+    # the ")" closing the shape tuple replaced by a space: numpy's header parser raises TokenError
+    _rewrite_member(path, "param/W_h.npy", lambda b: b.replace(b"(4, 4)", b"(4, 4 ", 1))
+    with pytest.raises(CheckpointError, match="not a readable rnngrad checkpoint"):
+        rnngrad.load(path)
+
+
+def test_a_name_too_long_for_the_file_system_is_a_checkpoint_error():
+    import rnngrad
+    from rnngrad.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="cannot be opened"):
+        rnngrad.load("a" * 300)
+
+
+def test_absurd_depth_and_unallocatable_sizes_are_refused_at_once():
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="num_layers=10000000 is more than 1024 stacked layers"):
+        RNN(2, 8, 1, num_layers=10**7)
+    with pytest.raises(ValueError, match="more than this machine's .* GiB of memory"):
+        RNN(2, 3000, 1, num_layers=1000)
+    assert time.perf_counter() - t0 < 5  # counted, not built
+
+
+def test_a_closed_stdout_from_the_start_neither_crashes_nor_stops_the_run(tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.run(f"{sys.executable} -m rnngrad train --task adding -k 5 -H 4 --steps 20 --out {run} "
+                       f"--no-progress >&-", shell=True, capture_output=False, stderr=subprocess.PIPE, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr
+    assert json.loads(str(np.load(run / "checkpoint.npz")["meta"]))["progress"]["step"] == 20
+
+
+def test_a_diverged_model_between_log_rows_is_not_checkpointed(tmp_path):
+    cfg = TrainConfig(task="adding", chunk_len=20, hidden_size=16, hidden_activation="relu",
+                      recurrent_init="identity", lr=100.0, clip_norm=None, optimizer="sgd", steps=6,
+                      log_every=100, checkpoint_every=1, dtype="float32")
+    with pytest.raises(FloatingPointError, match="found before saving the checkpoint"):
+        Trainer(cfg, tmp_path / "run").run()
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_metrics_that_are_not_a_regular_file_are_refused_in_one_line(tmp_path):
+    t = Trainer(small_task(steps=10), tmp_path / "run")
+    t.run()
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    (tmp_path / "run" / "metrics.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="is not a regular file; a run's metrics.jsonl is one"):
+        Trainer.resume(tmp_path / "run")
+
+
+def test_damaged_optimizer_moments_and_progress_are_refused(tmp_path):
+    import rnngrad
+    from rnngrad.checkpoint import CheckpointError
+    from rnngrad.optim import Adam
+
+    m = RNN(3, 4, 2, seed=0)
+    opt = Adam(m.params, lr=1e-3)
+    state = opt.state_dict()
+    state["exp_avg_sq.W_h"] = -np.ones_like(state["exp_avg_sq.W_h"])
+    with pytest.raises(ValueError, match="negative entries, which a sum of squared gradients cannot have"):
+        Adam(m.params, lr=1e-3).load_state_dict(state)
+    Trainer(small_task(steps=5), tmp_path / "run").run()
+    path = tmp_path / "run" / "checkpoint.npz"
+
+    def negative_step(b):
+        import io as _io
+        meta = json.loads(str(np.lib.format.read_array(_io.BytesIO(b))))
+        meta["progress"]["step"] = -5
+        buf = _io.BytesIO()
+        np.lib.format.write_array(buf, np.array(json.dumps(meta)))
+        return buf.getvalue()
+
+    _rewrite_member(path, "meta.npy", negative_step)
+    with pytest.raises(CheckpointError, match="progress.step is -5"):
+        rnngrad.load(tmp_path / "run")

@@ -101,9 +101,11 @@ class FolderLock:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            pid = fh.read().strip()
             fh.close()
-            raise FolderBusy(f"run folder {str(self.folder)!r} is in use by process {holder}, which is still "
+            # Its PID is written just after the lock is taken: a holder caught in between has none yet.
+            holder = f"process {pid}" if pid else "another process (which has only just started)"
+            raise FolderBusy(f"run folder {str(self.folder)!r} is in use by {holder}, which is still "
                              f"writing into it; wait for it to finish (then --resume it), or choose another "
                              f"folder") from None
         fh.seek(0)

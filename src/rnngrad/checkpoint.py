@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -149,16 +147,21 @@ def load_checkpoint(path, groups=None, max_bytes: int = MAX_BYTES) -> tuple[dict
     unpickles anything.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+        raise CheckpointError(f"checkpoint {str(path)[:200]!r} cannot be opened: {err}") from None
+    if not is_file:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
         arrays = _read_members(path, groups, max_bytes)
     except CheckpointError:
         raise
-    # What zipfile and numpy raise on damaged bytes: RuntimeError for a member flagged encrypted,
-    # NotImplementedError for an unknown compression method, zlib.error for bad deflate data.
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, MemoryError, RuntimeError,
-            NotImplementedError, OverflowError, zlib.error, struct.error) as err:
+    # Anything else the readers raise on damaged bytes is the file's fault, not a bug to show as a
+    # traceback: zipfile's RuntimeError (a member flagged encrypted) and NotImplementedError (an
+    # unknown compression method), zlib.error, numpy's header parser (ValueError, SyntaxError,
+    # tokenize.TokenError), MemoryError, RecursionError. KeyboardInterrupt is not an Exception.
+    except Exception as err:  # noqa: BLE001 - see above
         raise CheckpointError(
             f"{str(path)!r} is not a readable rnngrad checkpoint (truncated, corrupted or another "
             f"kind of file): {type(err).__name__}: {err}") from None
@@ -166,8 +169,9 @@ def load_checkpoint(path, groups=None, max_bytes: int = MAX_BYTES) -> tuple[dict
         raise CheckpointError(f"{str(path)!r} is an .npz file but not an rnngrad checkpoint (no metadata)")
     try:
         meta = json.loads(str(arrays.pop("meta")))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{str(path)!r} has corrupted metadata: {err}") from None
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested beyond reason
+        raise CheckpointError(f"{str(path)!r} has corrupted metadata: {type(err).__name__}: "
+                              f"{str(err)[:200]}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an rnngrad checkpoint (format {meta.get('format')!r})"
                               if isinstance(meta, dict) else f"{str(path)!r} has corrupted metadata")

@@ -405,10 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _DiscardWhenClosed(sys.stdout), _DiscardWhenClosed(sys.stderr)
+    # A stream closed before the start (rnngrad train >&-) is None in Python: discard its output too.
+    out, err = (open(os.devnull, "w") if s is None else s for s in streams)
+    sys.stdout, sys.stderr = _DiscardWhenClosed(out), _DiscardWhenClosed(err)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # --help, --version, or a usage error: argparse has printed its lines
+        _restore(streams)
+        raise
     try:
         return args.run(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
@@ -422,10 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnngrad {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        for wrapper in (sys.stdout, sys.stderr):
-            if isinstance(wrapper, _DiscardWhenClosed):
-                wrapper.flush()
-        sys.stdout, sys.stderr = streams
+        _restore(streams)
+
+
+def _restore(streams) -> None:
+    for wrapper in (sys.stdout, sys.stderr):
+        if isinstance(wrapper, _DiscardWhenClosed):
+            wrapper.flush()
+    sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ costing a later valid row; a last line without its newline (cut by a crash) is d
 
 from __future__ import annotations
 
+import bisect
 import json
+import os
+import stat
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["LogRow", "parse_metrics", "ROW_KEYS", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
+__all__ = ["LogRow", "parse_metrics", "read_metrics_file", "ROW_KEYS", "REQUIRED_KEYS", "OPTIONAL_KEYS"]
 
 
 @dataclass
@@ -72,21 +75,73 @@ def _valid_row(row) -> bool:
     return True
 
 
+#: A row is a few hundred characters; a line far longer is not one (and a torn one is reported).
+MAX_ROW_CHARS = 1 << 16
+#: The largest metrics.jsonl read back (about a million rows).
+MAX_METRICS_BYTES = 256 << 20
+
+
+def read_metrics_file(path) -> tuple[list[dict], list[int]]:
+    """:func:`parse_metrics` of the file at ``path``: a regular file of at most MAX_METRICS_BYTES
+    (a link to /dev/zero, a FIFO or a file of gigabytes is refused with one line, before it is read)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{os.fspath(path)!r} is not a regular file; a run's metrics.jsonl is one (move this "
+                         f"away and resume: the rows after the checkpoint are logged again)")
+    if st.st_size > MAX_METRICS_BYTES:
+        raise ValueError(f"{os.fspath(path)!r} has {st.st_size} bytes, more than any run writes "
+                         f"({MAX_METRICS_BYTES}); it is not a metrics file: move it away and resume")
+    with open(path, "rb") as fh:
+        text = fh.read(MAX_METRICS_BYTES + 1).decode("utf-8", errors="replace")
+    return parse_metrics(text)
+
+
 def parse_metrics(text: str) -> tuple[list[dict], list[int]]:
     """(valid rows in order, 1-based numbers of the lines skipped) of a metrics.jsonl text.
 
-    A torn last line (no newline: the write was cut) is dropped without being counted.
+    Of the valid rows, the longest run with strictly increasing steps is kept (the earliest
+    lines where two runs are as long): a stray row in the middle (a copy of a later row, a row of
+    another run) then costs only itself, never the genuine rows after it. A torn last line (no
+    newline: the write was cut) is dropped without being counted.
     """
     # What follows the last newline is "" when the file is whole, else a row cut short: dropped.
-    complete = text.split("\n")[:-1]
-    rows, skipped = [], []
+    # A "torn" line far longer than any row is not a cut row but something else: counted.
+    lines = text.split("\n")
+    complete = lines[:-1]
+    valid, skipped = [], []
+    if len(lines[-1]) > MAX_ROW_CHARS:
+        skipped.append(len(lines))
     for number, line in enumerate(complete, start=1):
         try:
             row = json.loads(line, parse_constant=lambda token: None)  # NaN/Infinity of old files
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
-        if _valid_row(row) and (not rows or row["step"] > rows[-1]["step"]):
-            rows.append(row)
+        if _valid_row(row):
+            valid.append((number, row))
         else:
             skipped.append(number)
-    return rows, skipped
+    kept = _longest_increasing([row["step"] for _, row in valid])
+    keep = set(kept)
+    skipped.extend(number for i, (number, _) in enumerate(valid) if i not in keep)
+    return [valid[i][1] for i in kept], sorted(skipped)
+
+
+def _longest_increasing(steps: list[int]) -> list[int]:
+    """Indices of a longest strictly increasing subsequence of ``steps`` (patience sorting,
+    O(n log n)); a repeated step keeps its first row."""
+    tails, tail_index, previous = [], [], [-1] * len(steps)
+    for i, step in enumerate(steps):
+        k = bisect.bisect_left(tails, step)
+        if k == len(tails):
+            tails.append(step)
+            tail_index.append(i)
+        elif step < tails[k]:
+            tails[k], tail_index[k] = step, i
+        else:  # equal to the tail: a duplicate step, which never extends the run
+            continue
+        previous[i] = tail_index[k - 1] if k else -1
+    out, i = [], tail_index[-1] if tail_index else -1
+    while i >= 0:
+        out.append(i)
+        i = previous[i]
+    return out[::-1]

@@ -15,6 +15,8 @@ boundary is (B, T, ...) instead.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import network
@@ -86,6 +88,18 @@ def _check_dropout(dropout) -> float:
     if p >= 1:
         raise ValueError(f"dropout must be a probability in [0, 1); got {p}")
     return p
+
+
+#: The deepest stack a model may have.
+MAX_LAYERS = 1024
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class RNN:
@@ -165,6 +179,7 @@ class RNN:
         self.loss_fn = _resolve_loss(loss, self.g)
         check_choice("recurrent_init", recurrent_init, RECURRENT_INITS)
         self.recurrent_init = recurrent_init
+        self._check_size()
         self._shapes = self._parameter_shapes()  # the sizes are fixed: checked on every call
         rng = check_seed(seed)
         try:
@@ -190,6 +205,22 @@ class RNN:
     def shapes(self) -> dict:
         """The shape of each parameter, keyed and ordered as in :attr:`params`."""
         return dict(self._shapes)
+
+    def _check_size(self) -> None:
+        """Refuse, before anything is built, a model whose parameters could not fit in this machine's
+        memory (counted arithmetically: a huge num_layers would otherwise first build millions of
+        entries) or a stack deeper than MAX_LAYERS."""
+        D, H, O, dirs, L = self.input_size, self.hidden_size, self.output_size, self.directions, self.num_layers
+        if L > MAX_LAYERS:
+            raise ValueError(f"num_layers={L} is more than {MAX_LAYERS} stacked layers, which rnngrad refuses "
+                             f"(each is a separate set of arrays and a separate loop); stack fewer")
+        n = dirs * (H * (D + H + 1) + (L - 1) * H * (H * dirs + H + 1)) + O * (H * dirs + 1)
+        total = _physical_memory()
+        if total is not None and n * self.dtype.itemsize > total:
+            raise ValueError(
+                f"these sizes need {n:,} parameters ({n * self.dtype.itemsize / 2**30:,.1f} GiB of {self.dtype}), "
+                f"more than this machine's {total / 2**30:,.1f} GiB of memory; choose a smaller hidden_size "
+                f"(W_h is hidden_size x hidden_size), num_layers, input_size or output_size")
 
     def _parameter_shapes(self) -> dict:
         D, H, O, dirs = self.input_size, self.hidden_size, self.output_size, self.directions

@@ -123,6 +123,10 @@ def _check_grads(grads, params: Mapping[str, np.ndarray], keys: Sequence[str]) -
     return out
 
 
+#: Slots that accumulate squared gradients (Adagrad's sum, RMSprop's square_avg, Adam's exp_avg_sq).
+NON_NEGATIVE_SLOTS = frozenset({"sum", "square_avg", "exp_avg_sq"})
+
+
 class Optimizer:
     """Base class: holds the params dict, hyperparameters, step count and per-parameter slots.
 
@@ -229,6 +233,9 @@ class Optimizer:
                     )
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise ValueError(f"state[{key!r}] contains NaN or Inf; the optimizer state is damaged")
+                if slot in NON_NEGATIVE_SLOTS and (a < 0).any():  # sums of squares: the update takes their root
+                    raise ValueError(f"state[{key!r}] has negative entries, which a sum of squared gradients "
+                                     f"cannot have; the optimizer state is damaged")
                 arrays[key] = a
         step = np.asarray(d["step"])
         if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:

@@ -20,8 +20,8 @@ from pathlib import Path
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .data import Vocabulary
 from .model import RNN
-from .train import BEST, CHECKPOINT, METRICS, TrainConfig
-from .metrics import parse_metrics
+from .train import BEST, CHECKPOINT, METRICS, TrainConfig, _checked_progress
+from .metrics import read_metrics_file
 
 __all__ = ["Run", "load"]
 
@@ -91,7 +91,11 @@ def load(path, best: bool = False) -> Run:
     if not isinstance(best, bool):
         raise TypeError(f"best must be True or False; got {type(best).__name__} {best!r}")
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+        raise CheckpointError(f"{str(path)[:200]!r} cannot be opened: {err}") from None
+    if is_dir:
         path = path / (BEST if best else CHECKPOINT)
         if not path.is_file():
             raise CheckpointError(f"{str(path.parent)!r} holds no {path.name}"
@@ -106,8 +110,8 @@ def load(path, best: bool = False) -> Run:
     try:
         config = TrainConfig.from_dict(meta["config"])
         vocab = None if meta.get("vocab") is None else Vocabulary.from_json(meta["vocab"])
-        progress = meta["progress"]
-        step = int(progress["step"])
+        progress = _checked_progress(meta["progress"])
+        step = progress.step
         prime = meta["data"].get("sample_prime")
         if prime is not None and not (isinstance(prime, str) and prime and vocab is not None
                                       and all(ch in vocab.index for ch in prime)):
@@ -115,11 +119,10 @@ def load(path, best: bool = False) -> Run:
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{str(path)!r} is a damaged training checkpoint: {err}") from None
     best_info = None
-    if progress.get("best_step") is not None:
-        best_info = {"step": progress["best_step"], "val_loss": progress["best_val_loss"]}
+    if progress.best_step is not None:
+        best_info = {"step": progress.best_step, "val_loss": progress.best_val_loss}
     rows = []
     metrics = path.parent / METRICS
     if metrics.is_file():
-        rows = [r for r in parse_metrics(metrics.read_text(encoding="utf-8", errors="replace"))[0]
-                if r["step"] <= step]
+        rows = [r for r in read_metrics_file(metrics)[0] if r["step"] <= step]
     return Run(model, config, vocab, path, step, best_info, rows, config.task, prime)

@@ -37,7 +37,7 @@ from ._io import FolderLock, atomic_write, check_run_folder, remove_stray_tempor
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import TASKS, Vocabulary
 from .data.text import MAX_TEXT_BYTES
-from .metrics import LogRow, parse_metrics
+from .metrics import LogRow, read_metrics_file
 from .model import RNN
 from .optim import OPTIMIZERS, check_weight_decay, clip_grad_norm, clip_grad_value, make_optimizer
 from .run_data import TaskData, TextData, check_model_fits
@@ -321,6 +321,7 @@ class Trainer:
         self._saved_at: int | None = None
         # The step that checkpoint.npz holds on disk (None: none written yet), named when a write fails.
         self.saved_step: int | None = None
+        self._plotted_rows = 0  # the rows loss.png shows
         self.plot_note: str | None = "not drawn yet"  # why the last write_plot wrote nothing (None: it wrote one)
         # Where a best-effort failure (loss.png) is reported; the CLI prints it as one line.
         self.warn: Callable[[str], None] = lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -331,7 +332,17 @@ class Trainer:
         return self.out_dir / CHECKPOINT
 
     def save(self) -> Path:
-        """Write checkpoint.npz atomically (then loss.png, best effort)."""
+        """Write checkpoint.npz atomically (then loss.png, best effort).
+
+        A model not validated at this step (a checkpoint between log rows) is evaluated first:
+        one whose validation loss is no longer finite is a divergence, and the checkpoint on disk
+        (from before) is kept rather than replaced by a model that cannot be resumed."""
+        p = self.progress
+        if not p.rows or p.rows[-1]["step"] != p.step:
+            for name, value in self.evaluate().items():
+                if not math.isfinite(value):
+                    raise self._diverged(f"the validation {name.replace('val_', '')} is {value} (found "
+                                         f"before saving the checkpoint)")
         path = self._write_checkpoint(self.checkpoint_path)
         self._saved_at = self.saved_step = self.progress.step
         self.write_plot()
@@ -446,7 +457,7 @@ class Trainer:
         path = self.out_dir / METRICS
         if not path.exists():
             return []
-        rows, skipped = parse_metrics(path.read_text(encoding="utf-8", errors="replace"))
+        rows, skipped = read_metrics_file(path)
         if skipped:
             shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
             self.warn(f"{path}: skipped {len(skipped)} unreadable, invalid or out-of-order "
@@ -459,6 +470,9 @@ class Trainer:
         if not self.progress.rows:
             self.plot_note = "no metric rows to plot"
             return None
+        if self.plot_note is None and self._plotted_rows == len(self.progress.rows):
+            return self.out_dir / LOSS_PLOT  # nothing new to draw since the last figure
+        self._plotted_rows = len(self.progress.rows)
         try:
             from .plots import loss_unit, plot_loss, run_title
             path = plot_loss(self.progress.rows, self.out_dir / LOSS_PLOT, baseline=self.data.baseline,

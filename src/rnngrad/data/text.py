@@ -180,7 +180,7 @@ def load_text(path, min_length: int = 1, max_bytes: int = MAX_TEXT_BYTES) -> str
         raise ValueError(f"text file {path!r} is empty")
     if len(text) < min_length:
         raise ValueError(
-            f"text file {path!r} is too short: {len(text)} characters, need at least {min_length}"
+            f"text file {path!r} is too short: {len(text)} character{'' if len(text) == 1 else 's'}, need at least {min_length}"
         )
     return text
 
