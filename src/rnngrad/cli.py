@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, analysis_cli, bench, sample_cli
+from . import __version__, analysis_cli, bench, sample_cli, sweep_cli
 from .cli_args import Formatter, positive_float, positive_int
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
@@ -205,6 +205,17 @@ def _cmd_train(args) -> int:
         print(f"output folder: {out}")
     cfg = trainer.config
     trainer.warn = _warn
+    parallel = None
+    if args.workers is not None or args.scheduler is not None:
+        from .distributed_train import attach_workers, connect_for_training
+
+        client = connect_for_training(workers=args.workers, scheduler=args.scheduler)
+        try:
+            parallel = attach_workers(trainer, client)
+        except BaseException:
+            client.close()
+            raise
+        print(f"gradients on {len(client.nthreads())} Dask worker(s), each batch cut into {parallel.shards} shards")
 
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -242,6 +253,9 @@ def _cmd_train(args) -> int:
             bar.close()
         for sig, h in previous.items():
             signal.signal(sig, h)
+        if parallel is not None:
+            parallel.close()
+            parallel.client.close()
     return _report_run(trainer, status, stop, out)
 
 
@@ -349,6 +363,13 @@ def _add_train_parser(sub) -> None:
                      help="stop when PATIENCE evaluations in a row (one per --log-every steps) bring no lower "
                           "validation loss; the best model is always kept in best.npz")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="compute each update's gradients on a local Dask cluster of N worker processes "
+                            "(the same updates as in one process, up to rounding; pip install 'rnngrad[dask]')")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="compute each update's gradients on the workers of the Dask cluster whose scheduler "
+                            "is at ADDRESS, e.g. tcp://10.0.0.5:8786")
     p.set_defaults(run=_cmd_train)
 
 
@@ -399,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     # (one line per command below)
     bench.register(sub)
     sample_cli.register(sub)
+    sweep_cli.register(sub)
     analysis_cli.register(sub)
     _add_train_parser(sub)
     return parser
