@@ -1,4 +1,4 @@
-"""Generality without a speed tax (issue 3, item 3): one gradients call for every hidden
+"""Generality without a speed tax: one gradients call for every hidden
 activation, output/loss pair, masks, reduction, token inputs and ``need=``, timed against the
 canonical tanh + softmax + cross-entropy call that ``rnngrad bench`` measures, on the same shape,
 weights and data; plus the token-input dW_x scatter-add against np.add.at and a bincount.

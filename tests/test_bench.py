@@ -108,8 +108,8 @@ def test_rounds_for():
     assert [bench.rounds_for(n) for n in (1, 5, 12, 20, 36, 200)] == [3, 3, 3, 5, 9, 9]
 
 
-def test_targets_table_for_issue_shapes():
-    # _judge works on a hand-made entry (the issue's shapes are too large for a unit test).
+def test_targets_table_for_the_target_shapes():
+    # _judge works on a hand-made entry (the target shapes are too large for a unit test).
     entry = {"contenders": {"rnngrad": {"ratio_to_rnngrad": 1.0}, "PyTorch": {"ratio_to_rnngrad": 9.0}},
              "fraction_of_matmul": 0.5, "memory": {"ratio": 1.2}}
     judged = bench._judge(entry, bench.TARGETS[(25, 1, 65, 100, 65)])
@@ -230,7 +230,7 @@ def _has_jax():
     return True
 
 
-def test_deep_shapes_are_the_issue_shapes():
+def test_deep_shapes_are_the_target_shapes():
     assert bench.DEEP_SHAPES == ((100, 32, 64, 128, 64, 2, False), (100, 32, 64, 128, 64, 2, True),
                                  (50, 64, 128, 512, 128, 3, True))
     assert all(bench_deep.is_deep(s) for s in bench.DEEP_SHAPES + bench.TINY_DEEP_SHAPES)

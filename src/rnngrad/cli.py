@@ -203,6 +203,9 @@ def _cmd_train(args) -> int:
         print(f"training {trainer.model}")
         print(f"data: {trainer.data.source}; baseline {trainer.data.baseline:.4f} ({trainer.data.baseline_note})")
         print(f"output folder: {out}")
+        if config.gradient == "rtrl":
+            print(f"gradients by RTRL: exact online gradients over each epoch's unbroken stream, an update "
+                  f"every {config.chunk_len} steps (--chunk-len), no truncation")
     cfg = trainer.config
     trainer.warn = _warn
     parallel = None

@@ -42,7 +42,8 @@ def positive_float(text: str) -> float:
 def output_file(path, option: str, suffixes=None) -> Path:
     """``path`` checked before any work is done: its folder must exist (a typo in it should not
     silently create folders, nor fail after minutes of computing) and, if ``suffixes`` is given,
-    its suffix must be one of them. ValueError naming ``option`` otherwise."""
+    its suffix, if it has one, must be one of them (a name without one is written as PNG).
+    ValueError naming ``option`` otherwise."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'out')!r}")
@@ -50,7 +51,7 @@ def output_file(path, option: str, suffixes=None) -> Path:
     if not parent.is_dir():
         raise ValueError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist; create it first "
                          f"(mkdir -p {parent}) or write elsewhere")
-    if suffixes is not None and path.suffix.lower() not in suffixes:
+    if suffixes is not None and path.suffix and path.suffix.lower() not in suffixes:
         raise ValueError(f"{option} {str(path)!r}: unknown file type {path.suffix or '(none)'!r}; use one of "
                          f"{', '.join(sorted(suffixes))}")
     return path

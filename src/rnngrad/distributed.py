@@ -87,6 +87,15 @@ def connect(address: str | None = None, *, workers: int | None = None, timeout: 
     if not isinstance(address, str):
         raise TypeError(f"address must be a scheduler address such as 'tcp://10.0.0.5:8786'; "
                         f"got {type(address).__name__}")
+    try:  # checked before a Client exists: a half-made one would time out again when collected
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as err:
+        raise ValueError(f"address must be a scheduler address such as 'tcp://10.0.0.5:8786'; got {address!r} "
+                         f"({err})") from None
     try:
         # Not the default client: rnngrad always passes its client, and a failed connection must not
         # leave a dead client behind as everyone's default (distributed.wait would hang on it).
