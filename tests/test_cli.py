@@ -87,4 +87,4 @@ def test_every_train_option_is_a_trainconfig_field():
     args = vars(build_parser().parse_args(["train"]))
     names = {f.name for f in fields(TrainConfig)}
     assert names - set(args) == {"task_train_size", "task_val_size", "sample_length"}
-    assert set(args) - names == {"out", "resume", "no_progress", "run", "command", "workers", "scheduler"}
+    assert set(args) - names == {"out", "resume", "no_progress", "run", "command", "workers", "scheduler", "threads"}

@@ -50,16 +50,16 @@ class FakeLoad:
 
 @pytest.mark.parametrize("H, B, T, cores, others, expected", [
     (256, 1, 1, 2, 0.0, 1),        # sampling the main job's model: 6.6e4 multiply-adds per call
-    (2048, 1, 1, 16, 0.0, 1),      # sampling stays on one thread up to H = 2048 (exactly 2^22)
-    (4096, 1, 1, 16, 0.0, 4),
+    (4096, 1, 1, 16, 0.0, 1),      # sampling stays on one thread up to H = 4096 (exactly 2^24)
+    (8192, 1, 1, 16, 0.0, 4),
     (32, 8, 32, 2, 0.0, 1),        # a tiny model: 2.6e5 per update
-    (100, 16, 64, 2, 0.0, 2),      # 1.0e7: two threads on an idle 2-core machine
-    (256, 32, 64, 2, 0.0, 2),      # the main job's model, idle
+    (100, 16, 64, 2, 0.0, 1),      # 1.0e7: below 2^24, one thread even on an idle machine
+    (256, 32, 64, 2, 0.0, 2),      # the main job's model (1.3e8), idle: two
     (256, 32, 64, 2, 0.43, 2),     # a neighbour on less than half a core: still two
     (256, 32, 64, 2, 0.67, 1),     # on two thirds of a core: one
     (1024, 64, 64, 2, 1.6, 1),     # a busy machine: one, whatever the size
     (1024, 64, 64, 2, 5.0, 1),     # never fewer than one
-    (256, 32, 64, 64, 0.0, 32),    # 2^27 / 2^22 on a big machine
+    (256, 32, 64, 64, 0.0, 8),     # 2^27 / 2^24 on a big machine: the size caps it
     (1024, 64, 64, 16, 3.4, 13),   # 16 cores less 3 busy ones
 ])
 def test_choose_threads_follows_the_documented_rule(H, B, T, cores, others, expected):
@@ -272,3 +272,14 @@ def test_the_docstring_examples_run():
     import doctest
 
     assert doctest.testmod(threads, raise_on_error=True).attempted >= 1
+
+
+def test_threads_option_of_train_and_sample(tmp_path, capsys):
+    from rnngrad.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--max-chars", "20000", "-H", "8", "-B", "2", "-k", "8", "--steps", "4", "--log-every", "2",
+                 "--threads", "1", "--out", str(run), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(run), "-n", "10", "--seed", "0", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(run), "-n", "10", "--threads", "0"]) == 2
+    assert "threads (--threads) must be a positive integer" in capsys.readouterr().err

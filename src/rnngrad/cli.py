@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, analysis_cli, bench, sample_cli, sweep_cli
+from . import __version__, analysis_cli, bench, bench_train, sample_cli, sweep_cli
 from .cli_args import Formatter, positive_float, positive_int
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
@@ -248,9 +248,21 @@ def _cmd_train(args) -> int:
     def on_sample(step, text):
         say(f"--- sample at step {step} ---\n{text}\n---")
 
+    from .threads import blas_threads
+
+    threads = blas_threads(args.threads, hidden_size=cfg.hidden_size, batch_size=cfg.batch_size,
+                           chunk_len=cfg.chunk_len)
+    if threads.note:
+        _warn(threads.note)
+
+    def on_step(step):
+        threads.poll()  # the automatic choice again from the load, every few seconds
+        if bar is not None:
+            bar.update(1)
+
     try:
-        status = trainer.run(should_stop=stop, on_log=on_log, on_sample=on_sample,
-                             on_step=(lambda s: bar.update(1)) if bar is not None else None)
+        with threads:
+            status = trainer.run(should_stop=stop, on_log=on_log, on_sample=on_sample, on_step=on_step)
     finally:
         if bar is not None:
             bar.close()
@@ -366,6 +378,9 @@ def _add_train_parser(sub) -> None:
                      help="stop when PATIENCE evaluations in a row (one per --log-every steps) bring no lower "
                           "validation loss; the best model is always kept in best.npz")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; print log lines instead")
+    run.add_argument("--threads", type=_positive_int, default=None,
+                     help="BLAS threads (default: chosen from the model's size and the machine's load, again every "
+                          "5 s; see rnngrad.threads)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive_int, metavar="N",
                        help="compute each update's gradients on a local Dask cluster of N worker processes "
@@ -422,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Other commands live beside the code they drive; each module registers its own parser.
     # (one line per command below)
     bench.register(sub)
+    bench_train.register(sub)
     sample_cli.register(sub)
     sweep_cli.register(sub)
     analysis_cli.register(sub)

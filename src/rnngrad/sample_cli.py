@@ -42,6 +42,9 @@ def register(subparsers) -> None:
 
 
 def _add_arguments(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads (default: 1 up to H = 4096, where one step's products are too small to share; "
+                        "see rnngrad.threads)")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="checkpoint.npz written by rnngrad train, or the run folder holding it")
     p.add_argument("--length", "-n", type=int, default=DEFAULT_LENGTH,
@@ -72,7 +75,11 @@ def _cmd_sample(args) -> int:
     chars = iter_sample(model, vocab, length, prime=prime, temperature=temperature, seed=seed)
     out = sys.stdout  # read now: the command's caller may have wrapped it
     start, end = _prime_marks(args.mark_prime, out, os.environ)
-    return _stream(out, start + prime + end, chars, length, styled=bool(start))
+    from .threads import blas_threads, check_threads
+
+    # Around the whole stream: the generator computes while it is consumed.
+    with blas_threads(check_threads(args.threads), hidden_size=model.hidden_size, batch_size=1):
+        return _stream(out, start + prime + end, chars, length, styled=bool(start))
 
 
 # --- output --------------------------------------------------------------------------------

@@ -380,7 +380,7 @@ def run_sweep(base: TrainConfig, grid_configs: list[dict], out_dir, client=None,
                 # The BLAS thread count of the model's size (rnngrad.threads): two threads on a
                 # small model of a busy 2-core machine made a sweep 6 to 15 times slower here.
                 # (Dask's workers run one thread each already.)
-                with blas_threads(hidden_size=cfg.hidden_size, batch_size=cfg.batch_size):
+                with blas_threads(hidden_size=cfg.hidden_size, batch_size=cfg.batch_size, chunk_len=cfg.chunk_len):
                     record = run_one(asdict(cfg), changes, name, str(out / name), stop)
                 finished(record)
         else:

@@ -6,16 +6,16 @@ scipy's) and MKL split every product above a small size among one worker per cor
 other cores are free this pays, when they are busy it is a disaster: a worker that is not
 scheduled holds up the whole product, and the caller spins waiting for it. Measured on a 2-core
 machine (docs/performance.md, "BLAS threads"): one update of the main job's model (H = 256,
-B = 32, k = 64) takes 9.6 ms with two threads and 14.5 ms with one when the machine is idle, but
-with other processes keeping 1.2-1.7 cores busy two threads are 2.3-15 times slower than one, for
-every size from (H, B) = (100, 16) to (1024, 64).
+B = 32, k = 64) takes 9.6-11.1 ms with two threads and 14.0-14.5 ms with one when the machine is
+idle, but with other processes keeping 1.2-1.7 cores busy two threads are 2.3-15 times slower
+than one, for every size from (H, B) = (100, 16) to (1024, 64).
 
 The rule (:func:`choose_threads`), for T steps of B sequences of H hidden units per call (T = k,
 the chunk length, in training; T = B = 1 in sampling, one character at a time):
 
     size cap   = max(1, floor(T·B·H·H / MACS_PER_THREAD))  the recurrence's multiply-adds
                                                            per call (seed §2B, and again in §3B
-                                                           and §3C.4), one thread per 2^22
+                                                           and §3C.4), one thread per 2^24
     free cores = max(1, cores - round(others))            cores minus those other processes
                                                            keep busy, on average
     threads    = min(size cap, free cores)
@@ -50,11 +50,12 @@ __all__ = ["MACS_PER_THREAD", "BlasThreads", "CpuMeter", "available_cores", "che
            "blas_threads", "threadpoolctl_available"]
 
 #: Multiply-adds of the recurrence per call (T·B·H·H) per BLAS thread, :func:`choose_threads`.
-#: 2^22: sampling (T = B = 1) stays on one thread up to H = 2048 (at H = 1024 two threads gained
-#: nothing even on an idle machine), the smallest model measured in training, (T, B, H) =
-#: (64, 16, 100) with 1.0e7, gains from two (1.24x, idle).
-MACS_PER_THREAD = 1 << 22
-#: Seconds of /proc/stat sampled on entry to an automatic :func:`blas_threads`.
+#: 2^24 = 1.7e7, from the idle measurements: sampling (T = B = 1) gained nothing from a second
+#: thread at H = 256 or 1024, nor did (T, B, H) = (64, 16, 100) at 1.0e7 in one of two runs
+#: (1.24x in the other): both stay on one thread, sampling up to H = 4096. The main job's
+#: (64, 32, 256) at 1.3e8 gained 1.25-1.50x in every idle run, larger models up to 1.75x.
+MACS_PER_THREAD = 1 << 24
+#: Seconds of /proc/stat sampled when an automatic :func:`blas_threads` is made.
 SAMPLE_S = 0.2
 
 _MISSING_NOTE = ("threadpoolctl is not installed, so the BLAS thread count is left at the library's default; "
