@@ -171,3 +171,35 @@ def test_load_refuses_what_it_cannot_open(tmp_path):
     task.run()
     with pytest.raises(ValueError, match="trained on the task 'adding'; sampling needs a run trained on text"):
         rnngrad.load(tmp_path / "t").sample()
+
+
+def test_the_progress_bar_shows_bits_per_character_and_accuracy(tmp_path, text_file, monkeypatch):  # noqa: F811
+    import tqdm
+
+    posts = []
+
+    class Bar:  # stands in for tqdm on a terminal
+        disable = False
+
+        def __init__(self, *args, **kw):
+            pass
+
+        def set_postfix(self, post, refresh=True):
+            posts.append(dict(post))
+
+        def update(self, n=1):
+            pass
+
+        def write(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    assert main(["train", "--text", text_file, "-H", "8", "-k", "8", "-B", "4", "--steps", "10", "--log-every", "5",
+                 "--val-fraction", "0.1", "--out", str(tmp_path / "t")]) == 0
+    assert posts and all("bpc" in p for p in posts)
+    assert main(["train", "--task", "copy", "-H", "8", "-k", "14", "--steps", "5", "--log-every", "5",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert "acc" in posts[-1] and posts[-1]["acc"].endswith("%")

@@ -239,6 +239,10 @@ def _cmd_train(args) -> int:
     def on_log(row):
         if bar is not None:
             post = {"loss": f"{row.train_loss:.3f}", "val": f"{row.val_loss:.3f}"}
+            if row.val_bpc is not None:
+                post["bpc"] = f"{row.val_bpc:.3f}"
+            if row.val_accuracy is not None:
+                post["acc"] = f"{row.val_accuracy:.1%}"
             if row.tokens_per_s:
                 post["tok/s"] = f"{row.tokens_per_s:,.0f}"
             bar.set_postfix(post, refresh=False)
