@@ -18,6 +18,7 @@ import time
 from dataclasses import fields, replace
 
 import numpy as np
+import rnngrad
 import pytest
 
 pytest.importorskip("distributed")
@@ -283,3 +284,21 @@ def test_worker_killed_mid_step_changes_nothing(client, distributed_runs, tmp_pa
     assert pids[sorted(pids)[1]] not in client.run(os.getpid).values()  # that process is gone
     assert_bit_identical(params_of(trainer), distributed_runs["task"][0])
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+def test_cli_trains_on_workers_and_on_a_scheduler(client, tmp_path, capsys):
+    """rnngrad train --workers N (its own local cluster) and --scheduler ADDRESS (this module's
+    cluster) give the single-process run's parameters."""
+    from rnngrad.cli import main
+
+    base = ["train", "--task", "adding", "-k", "6", "-H", "4", "--steps", "6", "--log-every", "3",
+            "--dtype", "float64", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--workers", "2", "--out", str(tmp_path / "w")]) == 0
+    assert main([*base, "--scheduler", client.scheduler.address, "--out", str(tmp_path / "s")]) == 0
+    assert "Dask worker(s)" in capsys.readouterr().out
+    one = rnngrad.load(tmp_path / "one").model.params
+    for folder in ("w", "s"):
+        other = rnngrad.load(tmp_path / folder).model.params
+        for k in one:
+            np.testing.assert_allclose(other[k], one[k], rtol=1e-12, atol=1e-15, err_msg=f"{folder} {k}")

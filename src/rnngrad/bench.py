@@ -31,7 +31,6 @@ JAX) are timed the same way by :mod:`rnngrad.bench_deep`. The library part
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,7 +42,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import bench_deep
-from ._io import atomic_write
 from .engines import numba_available, numba_version
 from .model import RNN
 from .workspace import Workspace
@@ -628,6 +626,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
+    from .cli_args import write_json
+
     from .cli_args import output_file
 
     if args.tiny and args.shapes:
@@ -642,9 +642,7 @@ def _run(args) -> int:
                            progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     print(format_markdown(result))
     if args.json:
-        text = json.dumps(result, indent=2)
-        atomic_write(args.json, lambda fh: fh.write(text), mode="w")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_json(args.json, result)
     return 0
 
 

@@ -33,7 +33,6 @@ whichever contender runs next.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -45,7 +44,6 @@ from typing import Callable
 import numpy as np
 
 from . import bench
-from ._io import atomic_write
 from .engines import get_engine
 from .threads import CpuMeter, available_cores, blas_threads, check_threads, threadpoolctl_available
 from .train import TextData, TrainConfig, Trainer
@@ -390,6 +388,8 @@ def _size(text: str) -> tuple:
 
 
 def _run(args) -> int:
+    from .cli_args import write_json
+
     note = lambda msg: print(f"[bench-train] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.sizes and not args.sweep:
         raise ValueError("--size is for --sweep; give the size of the comparison with -H and -B")
@@ -402,9 +402,7 @@ def _run(args) -> int:
                                check=not args.no_check, progress=note)
         print(format_markdown(result))
     if args.json:
-        text = json.dumps(result, indent=2)
-        atomic_write(args.json, lambda fh: fh.write(text), mode="w")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_json(args.json, result)
     return 0
 
 

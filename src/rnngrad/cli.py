@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, analysis_cli, bench, bench_train, sample_cli, sweep_cli
-from .cli_args import Formatter, positive_float, positive_int
+from .cli_args import Formatter, StopFlag, positive_float, positive_int
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .gradcheck import check_gradients
 from .losses import LOSSES
@@ -95,21 +95,6 @@ def _new_run_dir(name: str) -> Path:
     """runs/<date>-<time>-<name> under the current directory, created now: never an existing
     folder, nor one that another run started in the same second also chose."""
     return make_new_folder(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and returns. A second Ctrl-C forces out."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def handler(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
 
 
 class _DiscardWhenClosed:
@@ -220,7 +205,7 @@ def _cmd_train(args) -> int:
             raise
         print(f"gradients on {len(client.nthreads())} Dask worker(s), each batch cut into {parallel.shards} shards")
 
-    stop = _StopFlag()
+    stop = StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = None
     if not args.no_progress:

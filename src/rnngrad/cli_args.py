@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import sys
 from pathlib import Path
 
-__all__ = ["Formatter", "positive_int", "positive_float", "output_file", "FIGURE_FORMATS"]
+__all__ = ["Formatter", "StopFlag", "positive_int", "positive_float", "output_file", "write_json", "FIGURE_FORMATS"]
 
+from ._io import atomic_write
 from .plots import FIGURE_FORMATS
 
 
@@ -55,3 +59,26 @@ def output_file(path, option: str, suffixes=None) -> Path:
         raise ValueError(f"{option} {str(path)!r}: unknown file type {path.suffix or '(none)'!r}; use one of "
                          f"{', '.join(sorted(suffixes))}")
     return path
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (install :meth:`handler`): the work in hand finishes its step, saves and
+    returns. A second Ctrl-C forces out (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def handler(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def write_json(path, result) -> None:
+    """``result`` as indented JSON at ``path``, atomically, and a line on stderr saying so."""
+    text = json.dumps(result, indent=2)
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
+    print(f"wrote {path}", file=sys.stderr)

@@ -23,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .cli_args import Formatter, positive_int
+from .cli_args import Formatter, StopFlag, positive_int
 
 __all__ = ["register", "main"]
 
@@ -144,21 +144,6 @@ def _grid_and_base(args):
     return grid, TrainConfig(**shared)
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM: the current run saves and the sweep ends. A second Ctrl-C forces out."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def handler(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-
 def _line(record: dict, done: int, total: int) -> str:
     r = record
     best = ("" if r["best_val_loss"] is None else
@@ -201,7 +186,7 @@ def _cmd_sweep(args) -> int:
         else:
             say(_line(record, done, total))
 
-    stop = _StopFlag()
+    stop = StopFlag()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)} \
         if client is None else {}
     try:
